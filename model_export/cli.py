@@ -1,0 +1,149 @@
+"""The `cnnserve train`, `export`, `import-pretrained` and `import-onnx` commands.
+
+Only typer is imported here: torch and onnx are imported inside the commands, so the
+client-only install can still build the CLI and show a clear message when torch is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["register"]
+
+TRAIN_EXTRA_HINT = "this command needs the train extra: pip install 'cnnserve[train,serve,cpu]'"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise _fail(TRAIN_EXTRA_HINT) from None
+
+
+def train(
+    arch: Annotated[str, typer.Option(help="lenet5, vggnet or resnet")],
+    dataset: Annotated[str, typer.Option(help="fashion-mnist or mnist-5k")] = "fashion-mnist",
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    lr: Annotated[float, typer.Option(min=0.0)] = 3e-3,
+    seed: int = 0,
+    augment: Annotated[bool, typer.Option(help="random shifts and flips")] = True,
+    patience: Annotated[int, typer.Option(min=1, help="early-stopping patience")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("runs"),
+    name: Annotated[str | None, typer.Option(help="run folder name")] = None,
+    dry_run: Annotated[bool, typer.Option(help="a few batches of one epoch")] = False,
+) -> None:
+    """Train a CNN and write a run folder (checkpoint, metrics.json, curves.png)."""
+    _require_torch()
+    from model_export.errors import ExportPipelineError
+    from model_export.training import TrainConfig
+    from model_export.training import train as run_training
+
+    config = TrainConfig(
+        arch=arch,
+        dataset=dataset,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        augment=augment,
+        patience=patience,
+        device=device,
+        dry_run=dry_run,
+    )
+    try:
+        result = run_training(config, runs_dir=runs_dir, run_name=name)
+    except ExportPipelineError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        json.dumps(
+            {
+                "run_dir": str(result.run_dir),
+                "best_epoch": result.best_epoch,
+                "val_accuracy": result.val_accuracy,
+                "test_accuracy": result.test_accuracy,
+            }
+        )
+    )
+
+
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `cnnserve train`")],
+    name: Annotated[str, typer.Option(help="model name in the repository")],
+    model_dir: Annotated[Path, typer.Option(help="the model repository")] = Path("models"),
+    opset: Annotated[int, typer.Option(min=17)] = 17,
+) -> None:
+    """Export a run to ONNX as the next version of NAME, verified against PyTorch."""
+    _require_torch()
+    from model_export.errors import ExportPipelineError
+    from model_export.export import export_run
+
+    try:
+        result = export_run(run_dir, name=name, model_dir=model_dir, opset=opset)
+    except ExportPipelineError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(result.to_json()))
+
+
+def import_pretrained(
+    name: Annotated[str, typer.Argument(help="mobilenetv2-imagenet")],
+    model_dir: Annotated[Path, typer.Option(help="the model repository")] = Path("models"),
+) -> None:
+    """Build a pretrained network in PyTorch, load its weights and export it, verified."""
+    _require_torch()
+    from model_export.errors import ExportPipelineError
+    from model_export.pretrained import import_pretrained as run_import
+
+    try:
+        result = run_import(name, model_dir=model_dir)
+    except ExportPipelineError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(result.to_json()))
+
+
+def import_onnx(
+    path: Annotated[Path, typer.Argument(help="an ONNX image classifier")],
+    name: Annotated[str, typer.Option(help="model name in the repository")],
+    labels: Annotated[Path, typer.Option(help="a text file, one class name per line")],
+    mean: Annotated[list[float] | None, typer.Option(help="per channel, repeat for RGB")] = None,
+    std: Annotated[list[float] | None, typer.Option(help="per channel, repeat for RGB")] = None,
+    size: Annotated[
+        tuple[int, int] | None, typer.Option(help="H W; default from the model")
+    ] = None,
+    color: Annotated[str, typer.Option(help="rgb or grey")] = "rgb",
+    resize: Annotated[str, typer.Option(help="stretch or center-crop")] = "center-crop",
+    resize_shorter: Annotated[int | None, typer.Option(help="shorter side before the crop")] = None,
+    model_dir: Annotated[Path, typer.Option(help="the model repository")] = Path("models"),
+) -> None:
+    """Check a user's ONNX classifier and copy it into the repository with a model.json."""
+    from model_export.errors import ExportPipelineError
+    from model_export.onnx_import import ImportSpec, import_onnx_model
+
+    spec = ImportSpec(
+        color=color, mean=mean, std=std, size=size, resize=resize, resize_shorter=resize_shorter
+    )
+    try:
+        result = import_onnx_model(
+            path, name=name, labels_path=labels, spec=spec, model_dir=model_dir
+        )
+    except ExportPipelineError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(result))
+
+
+def register(app: typer.Typer) -> None:
+    """Add this package's commands to the `cnnserve` console script."""
+    app.command("train")(train)
+    app.command("export")(export)
+    app.command("import-pretrained")(import_pretrained)
+    app.command("import-onnx")(import_onnx)

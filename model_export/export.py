@@ -1,0 +1,226 @@
+"""Export a trained network to ONNX, verify it against PyTorch, write it to a model repository.
+
+The repository layout is ``<model_dir>/<name>/<version>/model.onnx`` with
+``<model_dir>/<name>/model.json`` (what the service needs to serve it) and a Triton
+``config.pbtxt`` plus ``labels.txt`` (so the same folder loads in Triton's ONNX Runtime
+backend).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from model_export.architectures import build, count_parameters
+from model_export.datasets import load_dataset
+from model_export.errors import RunNotFoundError, VerificationError
+from model_export.onnx_graph import readable_names
+from model_export.verify import ATOL, RTOL, verify_onnx
+
+__all__ = ["ExportResult", "InputSpec", "export_model", "export_run", "next_version"]
+
+log = logging.getLogger(__name__)
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How the service turns an uploaded image into the model's input tensor."""
+
+    color_mode: str  # "L" (grey) or "RGB"
+    size: tuple[int, int]  # (height, width)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: str = "stretch"  # "stretch" to size, or "center-crop" after resizing the shorter side
+    resize_shorter: int | None = None  # the shorter side before a centre crop
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_mode == "L" else 3
+
+
+@dataclass
+class ExportResult:
+    name: str
+    version: str
+    path: Path
+    max_abs_diff: float
+    parameters: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"path": str(self.path)}
+
+
+def next_version(model_root: Path) -> str:
+    """The next integer version folder under ``model_root`` ("1" when there is none)."""
+    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
+    return str(max(versions, default=0) + 1)
+
+
+def _to_onnx(model: nn.Module, spec: InputSpec, path: Path, opset: int) -> None:
+    example = torch.zeros(1, spec.channels, *spec.size)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+    )
+    proto = onnx.load(str(path))
+    leaves = [name for name, m in model.named_modules() if name and not list(m.children())]
+    readable_names(proto, leaves)
+    onnx.save(proto, str(path))
+
+
+def _triton_config(name: str, spec: InputSpec, num_classes: int) -> str:
+    dims = ", ".join(str(d) for d in (spec.channels, *spec.size))
+    return (
+        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\n'
+        f'input [\n  {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ {dims} ] }}\n]\n'
+        f'output [\n  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {num_classes} ]'
+        ' label_filename: "labels.txt" }\n]\n'
+        "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
+    )
+
+
+def export_model(
+    model: nn.Module,
+    *,
+    name: str,
+    spec: InputSpec,
+    labels: list[str],
+    images: np.ndarray,
+    model_dir: Path,
+    metadata: dict[str, Any],
+    opset: int = 17,
+) -> ExportResult:
+    """Export ``model`` as the next version of ``name``, verified on ``images``.
+
+    ``images`` is a float32 batch already preprocessed as ``spec`` says (N, C, H, W). The
+    version folder is only kept when verification passes.
+    """
+    model = model.eval().cpu()
+    root = model_dir / name
+    version = next_version(root)
+    version_dir = root / version
+    version_dir.mkdir(parents=True, exist_ok=False)
+    onnx_path = version_dir / "model.onnx"
+    try:
+        _to_onnx(model, spec, onnx_path, opset)
+        max_diff = verify_onnx(onnx_path, model, images)
+    except BaseException:
+        shutil.rmtree(version_dir)
+        raise
+    if max_diff is None:  # pragma: no cover - verify_onnx raises instead
+        raise VerificationError("verification did not run")
+    parameters = count_parameters(model)
+    card = {
+        "name": name,
+        "description": metadata.pop("description", ""),
+        "labels": labels,
+        "input": {
+            "name": INPUT_NAME,
+            "color_mode": spec.color_mode,
+            "size": list(spec.size),
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "resize": spec.resize,
+            "resize_shorter": spec.resize_shorter,
+        },
+        "output": {"name": OUTPUT_NAME, "kind": "logits"},
+        "parameters": parameters,
+        **metadata,
+        "produced_by": {
+            "torch": torch.__version__,
+            "onnx_opset": opset,
+            "exported_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+            "verification": {
+                "max_abs_diff": max_diff,
+                "rtol": RTOL,
+                "atol": ATOL,
+                "images": len(images),
+            },
+        }
+        | metadata.pop("produced_by", {}),
+    }
+    (root / "model.json").write_text(json.dumps(card, indent=2) + "\n")
+    (root / "labels.txt").write_text("\n".join(labels) + "\n")
+    (root / "config.pbtxt").write_text(_triton_config(name, spec, len(labels)))
+    log.info("exported %s version %s (max |torch - onnxruntime| = %.2e)", name, version, max_diff)
+    return ExportResult(name, version, onnx_path, max_diff, parameters)
+
+
+def export_run(
+    run_dir: Path,
+    *,
+    name: str,
+    model_dir: Path = Path("models"),
+    opset: int = 17,
+    verify_images: int = 256,
+) -> ExportResult:
+    """Export the checkpoint of a `cnnserve train` run folder."""
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if not checkpoint_path.is_file():
+        raise RunNotFoundError(f"{run_dir} is not a run folder: no checkpoint.pt in it")
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    labels = list(checkpoint["labels"])
+    model = build(checkpoint["arch"], in_channels=1, num_classes=len(labels))
+    model.load_state_dict(checkpoint["state_dict"])
+    spec = InputSpec(
+        "L", tuple(checkpoint["image_size"]), (checkpoint["mean"],), (checkpoint["std"],)
+    )
+    data = load_dataset(checkpoint["dataset"])
+    test = data.test.images[:verify_images].astype(np.float32) / 255.0
+    images = ((test - spec.mean[0]) / spec.std[0])[:, None].astype(np.float32)
+    config = metrics["config"]
+    metadata = {
+        "description": f"{checkpoint['arch']} trained on {checkpoint['dataset']} by cnnserve",
+        "architecture": checkpoint["arch"],
+        "dataset": checkpoint["dataset"],
+        "metrics": {
+            "test_accuracy": metrics["test_accuracy"],
+            "val_accuracy": metrics["val_accuracy"],
+            "best_epoch": metrics["best_epoch"],
+            "epochs_run": len(metrics["history"]),
+            "train_seconds": round(metrics["train_seconds"], 1),
+            "trained_on": metrics.get("device", "unknown"),
+        },
+        "produced_by": {
+            "command": (
+                f"cnnserve train --arch {config['arch']} --dataset {config['dataset']}"
+                f" --epochs {config['epochs']} --seed {config['seed']}"
+                f"{'' if config['augment'] else ' --no-augment'}; "
+                f"cnnserve export {run_dir} --name {name}"
+            ),
+            "train_torch": metrics.get("torch"),
+        },
+    }
+    result = export_model(
+        model,
+        name=name,
+        spec=spec,
+        labels=labels,
+        images=images,
+        model_dir=model_dir,
+        metadata=metadata,
+        opset=opset,
+    )
+    curves = run_dir / "curves.png"
+    if curves.is_file():
+        shutil.copyfile(curves, model_dir / name / "curves.png")
+    return result

@@ -1,0 +1,101 @@
+"""Every error becomes one JSON shape: ``{"error": {...}}`` natively, ``{"error": "..."}`` on /v2.
+
+Domain errors carry their own code; FastAPI's validation errors and Starlette's HTTP errors
+are translated here, so no default ``{"detail": ...}`` body ever leaves the service.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from service.api.responses import JSON
+from service.errors import OverloadedError, ServiceError, status_for
+
+__all__ = ["error_response", "install_handlers"]
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _is_v2(request: Request) -> bool:
+    path = request.url.path
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    detail: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSON:
+    """The error body of the API the request was made to."""
+    body: dict[str, Any] = (
+        {"error": message}
+        if _is_v2(request)
+        else {"error": {"code": code, "message": message, "detail": detail or {}}}
+    )
+    return JSON(body, status_code=status, headers=headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSON:
+    assert isinstance(exc, ServiceError)
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, OverloadedError) else None
+    return error_response(request, status_for(exc), exc.code, exc.message, exc.detail, headers)
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in loc if part not in ("query", "path", "body"))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSON:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {"parameter": _location(e.get("loc", ())), "problem": e.get("msg", "")}
+        for e in exc.errors()
+    ]
+    message = "; ".join(f"{p['parameter']}: {p['problem']}" for p in problems) or "invalid request"
+    return error_response(request, 400, "invalid_parameter", message, {"errors": problems})
+
+
+async def _http_error(request: Request, exc: Exception) -> JSON:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    if exc.status_code == 404:
+        message = f"no route {request.method} {request.url.path}"
+    return error_response(request, exc.status_code, code, message, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSON:
+    request_id = request.scope.get("state", {}).get("request_id", "")
+    log.exception("unhandled error (request id %s)", request_id)
+    return error_response(
+        request,
+        500,
+        "internal_error",
+        f"internal error; quote request id {request_id} when reporting it",
+        {"request_id": request_id},
+    )
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

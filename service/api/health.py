@@ -1,0 +1,69 @@
+"""Liveness, readiness (with each model's state and execution provider) and /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from service.api.responses import JSON
+from service.api.schemas import HealthResponse, ModelHealth
+from service.api.state import AppState, State
+
+__all__ = ["health_report", "router"]
+
+router = APIRouter(tags=["health"])
+
+
+def health_report(state: AppState) -> tuple[bool, HealthResponse]:
+    """(ready?, body): ready once start-up loading is over, at least one model serves, and
+    the server is not draining; the body says what every model is doing and where it runs."""
+    models = []
+    for entry in state.repository.entries():
+        providers: list[str] = []
+        fallback = None
+        for version in entry.versions.values():
+            providers = list(version.runtime.placement.providers)
+            fallback = version.runtime.placement.fallback_reason
+        models.append(
+            ModelHealth(
+                name=entry.name,
+                state=entry.state.value,
+                versions=entry.version_names,
+                providers=providers,
+                reason=entry.reason,
+                fallback_reason=fallback,
+            )
+        )
+    if state.draining:
+        return False, HealthResponse(status="draining", models=models)
+    if state.loading:
+        return False, HealthResponse(status="loading", models=models)
+    ready = state.repository.ready()
+    return ready, HealthResponse(status="ready" if ready else "unavailable", models=models)
+
+
+@router.get("/health/live", summary="Liveness: 200 while the process serves")
+async def live() -> dict[str, str]:
+    return {"status": "live"}
+
+
+@router.get(
+    "/health/ready",
+    response_model=HealthResponse,
+    summary="Readiness: 200 once models are loaded and warmed, else 503",
+    responses={503: {"model": HealthResponse, "description": "loading, draining or no model"}},
+)
+async def ready(state: State) -> JSON:
+    is_ready, body = health_report(state)
+    return JSON(body.model_dump(), status_code=200 if is_ready else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def metrics(state: State) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

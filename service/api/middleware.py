@@ -1,0 +1,174 @@
+"""One pure-ASGI middleware for what every request needs before and after its endpoint.
+
+In order: a request id (``X-Request-ID`` kept when sane, else generated, always returned);
+API keys when configured (``Authorization: Bearer`` or ``X-API-Key``, compared in constant
+time; the health probes and the web page's static files are open); the body size limit
+(from ``Content-Length`` up front, and counted while streaming); security headers; one
+structured access-log line and the request metrics. Image bytes and keys are never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.handlers import error_response
+from service.api.state import AppState
+from service.errors import BodyTooLargeError
+
+__all__ = ["ServiceMiddleware"]
+
+log = logging.getLogger("cnnserve.access")
+
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/", "/favicon.ico"})
+OPEN_PREFIXES = ("/ui/",)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+]
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _presented_key(scope: Scope) -> str | None:
+    auth = _header(scope, b"authorization")
+    if auth and auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return _header(scope, b"x-api-key")
+
+
+def key_matches(presented: str | None, keys: list[str]) -> bool:
+    """Constant-time comparison against every configured key (no early exit)."""
+    if not presented:
+        return False
+    given = presented.encode()
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given, key.encode())
+    return found
+
+
+class ServiceMiddleware:
+    def __init__(self, app: ASGIApp, *, state: AppState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        given = _header(scope, b"x-request-id")
+        request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = {"code": 500}
+        settings = self.state.settings
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                headers.extend(_SECURITY_HEADERS)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        metrics = self.state.metrics
+        metrics.inflight.inc()
+        try:
+            refusal = self._refuse(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, self._limited(receive, settings.max_body_bytes), send_wrapper)
+        finally:
+            metrics.inflight.dec()
+            self._record(scope, status["code"], time.perf_counter() - started, request_id)
+
+    def _refuse(self, scope: Scope) -> Any:
+        """An error response to send instead of calling the app, or None."""
+        request = Request(scope)
+        keys = self.state.settings.api_keys
+        path = scope["path"]
+        open_path = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+        if keys and not open_path and not key_matches(_presented_key(scope), keys):
+            return error_response(
+                request,
+                401,
+                "unauthorized",
+                "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        length = _header(scope, b"content-length")
+        limit = self.state.settings.max_body_bytes
+        if length is not None:
+            if not length.isdigit():
+                return error_response(
+                    request, 400, "invalid_parameter", "Content-Length is not a number"
+                )
+            if int(length) > limit:
+                return error_response(
+                    request,
+                    413,
+                    "body_too_large",
+                    f"the body is {length} bytes; the limit is {limit}",
+                    {"limit": limit},
+                )
+        return None
+
+    @staticmethod
+    def _limited(receive: Receive, limit: int) -> Receive:
+        seen = 0
+
+        async def counting() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLargeError(
+                        f"the body exceeds the limit of {limit} bytes", limit=limit
+                    )
+            return message
+
+        return counting
+
+    def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
+        route = scope.get("route")
+        endpoint = getattr(route, "path", None) or "unmatched"
+        model = scope.get("path_params", {}).get("name", "")
+        if model and model not in self.state.repository.names():
+            model = ""  # unknown names must not become label values (unbounded cardinality)
+        self.state.metrics.requests.labels(endpoint, model, str(status)).inc()
+        self.state.metrics.latency.labels(endpoint).observe(seconds)
+        log.info(
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(seconds * 1000, 2),
+                "model": model or None,
+            },
+        )

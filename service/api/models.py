@@ -1,0 +1,251 @@
+"""The native API: model metadata, classification and feature maps under /v1/models."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from service.api.responses import JSON
+from service.api.schemas import (
+    ClassifyResponse,
+    ErrorResponse,
+    FeatureMapResponse,
+    InputInfo,
+    LayerInfo,
+    ModelInfo,
+    ModelList,
+    ReceptiveFieldInfo,
+)
+from service.api.state import State
+from service.api.uploads import FIELD, read_uploads
+from service.dataplane import FeatureMap
+from service.errors import InvalidParameterError
+from service.repository import ModelEntry
+from service.visualize import feature_grid_png
+
+__all__ = ["model_info", "router"]
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+Version = Annotated[
+    str | None, Query(pattern=r"^[0-9]{1,9}$", description="a version; default: the highest")
+]
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        400: "invalid image or parameter",
+        401: "missing or wrong API key",
+        404: "unknown model or version",
+        413: "body, image count or image too large",
+        415: "unsupported Content-Type",
+        503: "model unavailable or overloaded",
+        504: "deadline exceeded",
+    }
+    return {s: {"model": ErrorResponse, "description": described[s]} for s in statuses}
+
+
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {
+                        FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def model_info(entry: ModelEntry, version: str | None = None) -> ModelInfo:
+    """ModelInfo of ``version`` (default: the highest) of a repository entry."""
+    card = entry.card
+    info: dict[str, Any] = {
+        "name": entry.name,
+        "versions": entry.version_names,
+        "state": entry.state.value,
+        "reason": entry.reason,
+        "providers": [],
+    }
+    if card is not None:
+        info |= {
+            "description": card.description,
+            "labels": card.labels,
+            "output": card.output,
+            "architecture": card.architecture,
+            "dataset": card.dataset,
+            "parameters": card.parameters,
+            "metrics": card.metrics,
+        }
+    wanted = version or entry.latest
+    info["version"] = wanted
+    served = entry.versions.get(wanted or "")
+    if served is None:
+        if wanted in entry.failed_versions:
+            info |= {"state": "unavailable", "reason": entry.failed_versions[wanted or ""]}
+        return ModelInfo(**info)
+    runtime = served.runtime
+    spec = runtime.card.input
+    info |= {
+        "providers": list(runtime.placement.providers),
+        "device": runtime.placement.device,
+        "fallback_reason": runtime.placement.fallback_reason,
+        "input": InputInfo(
+            name=runtime.input.name,
+            shape=runtime.input_shape,
+            color_mode=spec.color_mode,
+            size=list(spec.size),
+            mean=list(spec.mean),
+            std=list(spec.std),
+            resize=spec.resize,
+            resize_shorter=spec.resize_shorter,
+        ),
+        "layers": [
+            LayerInfo(
+                name=layer.name,
+                op_type=layer.op_type,
+                output_shape=[-1 if d is None else d for d in layer.output_shape],
+                receptive_field=ReceptiveFieldInfo(**layer.receptive_field.to_json())
+                if layer.receptive_field
+                else None,
+            )
+            for layer in runtime.layers
+        ],
+    }
+    return ModelInfo(**info)
+
+
+@router.get(
+    "", response_model=ModelList, summary="Every model in the repository", responses=_errors(401)
+)
+async def list_models(state: State) -> JSON:
+    infos = [model_info(entry).model_dump() for entry in state.repository.entries()]
+    return JSON({"models": infos})
+
+
+@router.get(
+    "/{name}",
+    response_model=ModelInfo,
+    summary="One model: input, labels, layers",
+    responses=_errors(400, 401, 404),
+)
+async def get_model(state: State, name: str, version: Version = None) -> JSON:
+    entry = state.repository.entry(name)
+    if version is not None and version not in entry.version_names:
+        entry.get(version)  # raises model_not_found naming the versions there are
+    return JSON(model_info(entry, version).model_dump())
+
+
+@router.post(
+    "/{name}/classify",
+    response_model=ClassifyResponse,
+    summary="Classify one or more images",
+    description=f"Send images as multipart field(s) `{FIELD}`, or one raw body with "
+    "`Content-Type: image/*`. Results come back in request order with their filenames.",
+    responses=_errors(400, 401, 404, 413, 415, 503, 504),
+    openapi_extra=_IMAGE_BODY,
+)
+async def classify(
+    request: Request,
+    state: State,
+    name: str,
+    version: Version = None,
+    top_k: Annotated[int, Query(description="predictions per image (1..classes)")] = 5,
+) -> JSON:
+    model = state.repository.get(name, version)
+    uploads = await read_uploads(request, max_images=state.settings.max_images_per_request)
+    labels = model.runtime.card.labels
+    results = await state.dataplane.classify(
+        model, [(u.filename, u.data) for u in uploads], k=top_k
+    )
+    return JSON(
+        {
+            "model": name,
+            "model_version": model.version,
+            "results": [
+                {
+                    "filename": r.filename,
+                    "predictions": [
+                        {"index": int(i), "label": labels[i], "probability": float(p)}
+                        for i, p in zip(r.indices, r.probabilities, strict=True)
+                    ],
+                }
+                for r in results
+            ],
+        }
+    )
+
+
+def _layer_json(fmap: FeatureMap) -> dict[str, Any]:
+    array = fmap.array.astype("<f4", copy=False)
+    rf = fmap.layer.receptive_field
+    return {
+        "name": fmap.layer.name,
+        "op_type": fmap.layer.op_type,
+        "shape": list(array.shape),
+        "receptive_field": rf.to_json() if rf else None,
+        "stats": {
+            "min": float(array.min()),
+            "max": float(array.max()),
+            "mean": float(array.mean()),
+        },
+        "data": base64.b64encode(array.tobytes()).decode("ascii"),
+    }
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array.astype("<f4", copy=False))
+    return buffer.getvalue()
+
+
+@router.post(
+    "/{name}/feature-maps",
+    response_model=FeatureMapResponse,
+    summary="The activations of any layer for one image, with its receptive field",
+    description="`layer` is repeatable for JSON; `png` (a tiled, colour-mapped grid of the "
+    "channels) and `npy` (numpy's format, C x H x W float32) take exactly one layer.",
+    responses={
+        **_errors(400, 401, 404, 413, 415, 503, 504),
+        200: {"content": {"image/png": {}, "application/x-npy": {}}},
+    },
+    openapi_extra=_IMAGE_BODY,
+)
+async def feature_maps(
+    request: Request,
+    state: State,
+    name: str,
+    version: Version = None,
+    layer: Annotated[list[str], Query(description="layer name; repeatable")] = [],  # noqa: B006
+    format: Annotated[Literal["json", "png", "npy"], Query()] = "json",
+) -> Response:
+    model = state.repository.get(name, version)
+    layers = state.dataplane.resolve_layers(model, layer)
+    if format != "json" and len(layers) != 1:
+        raise InvalidParameterError(
+            f"format={format} takes exactly one layer, got {len(layers)}", parameter="layer"
+        )
+    uploads = await read_uploads(request, max_images=1)
+    maps = await state.dataplane.feature_maps(model, uploads[0].data, layers)
+    headers = {"X-Model-Version": model.version}
+    if format == "png":
+        png = await run_in_threadpool(feature_grid_png, maps[0].array)
+        return Response(png, media_type="image/png", headers=headers)
+    if format == "npy":
+        return Response(_npy(maps[0].array), media_type="application/x-npy", headers=headers)
+    body = {"model": name, "model_version": model.version, "layers": [_layer_json(m) for m in maps]}
+    return JSON(body, headers=headers)

@@ -1,0 +1,149 @@
+"""Wire schemas of the native API (what clients read; field names are the contract)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ClassifyResponse",
+    "ErrorBody",
+    "ErrorResponse",
+    "FeatureMapLayer",
+    "FeatureMapResponse",
+    "HealthResponse",
+    "ImageResult",
+    "InputInfo",
+    "LayerInfo",
+    "ModelHealth",
+    "ModelInfo",
+    "ModelList",
+    "Prediction",
+    "ReceptiveFieldInfo",
+    "Stats",
+]
+
+
+class ReceptiveFieldInfo(BaseModel):
+    size: list[float] = Field(description="height, width of the input region, in pixels")
+    jump: list[float] = Field(description="input pixels between neighbouring units")
+    start: list[float] = Field(description="centre of the first unit's region (pixel i at i)")
+
+
+class LayerInfo(BaseModel):
+    name: str
+    op_type: str
+    output_shape: list[int] = Field(description="C, H, W; -1 where the graph leaves it open")
+    receptive_field: ReceptiveFieldInfo | None
+
+
+class InputInfo(BaseModel):
+    name: str
+    shape: list[int] = Field(examples=[[-1, 1, 28, 28]])
+    datatype: str = "FP32"
+    color_mode: str = Field(examples=["L"])
+    size: list[int] = Field(description="height, width")
+    mean: list[float]
+    std: list[float]
+    resize: str = Field(description="stretch, or center-crop after resizing the shorter side")
+    resize_shorter: int | None = None
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "lenet5-fashion",
+                    "versions": ["1"],
+                    "state": "ready",
+                    "providers": ["CPUExecutionProvider"],
+                }
+            ]
+        }
+    )
+
+    name: str
+    versions: list[str]
+    version: str | None = Field(None, description="the version described")
+    state: str = Field(description="loading, ready or unavailable")
+    reason: str | None = Field(None, description="why the model or version cannot serve")
+    providers: list[str] = Field(description="execution providers ONNX Runtime placed it on")
+    device: str | None = Field(None, description="cpu or cuda")
+    fallback_reason: str | None = Field(None, description="why CUDA was not used")
+    description: str = ""
+    input: InputInfo | None = None
+    output: dict[str, Any] = Field(default_factory=dict)
+    labels: list[str] = Field(default_factory=list)
+    layers: list[LayerInfo] = Field(default_factory=list)
+    architecture: str | None = None
+    dataset: str | None = None
+    parameters: int | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Prediction(BaseModel):
+    index: int = Field(description="position in the model's output and in its labels")
+    label: str
+    probability: float
+
+
+class ImageResult(BaseModel):
+    filename: str | None
+    predictions: list[Prediction]
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    model_version: str
+    results: list[ImageResult]
+
+
+class Stats(BaseModel):
+    min: float
+    max: float
+    mean: float
+
+
+class FeatureMapLayer(BaseModel):
+    name: str
+    op_type: str
+    shape: list[int] = Field(description="C, H, W")
+    receptive_field: ReceptiveFieldInfo | None
+    stats: Stats
+    data: str = Field(description="base64 of little-endian float32, row-major C*H*W")
+
+
+class FeatureMapResponse(BaseModel):
+    model: str
+    model_version: str
+    layers: list[FeatureMapLayer]
+
+
+class ModelHealth(BaseModel):
+    name: str
+    state: str
+    versions: list[str]
+    providers: list[str]
+    reason: str | None = None
+    fallback_reason: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="ready, loading, draining or unavailable")
+    models: list[ModelHealth] = Field(default_factory=list)
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["image_too_large"])
+    message: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,35 @@
+"""What the endpoints share: settings, the data plane, metrics. One per app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.config import Settings
+from service.dataplane import DataPlane
+from service.metrics import Metrics
+from service.repository import ModelRepository
+
+__all__ = ["AppState", "State", "get_state"]
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    dataplane: DataPlane
+    metrics: Metrics
+    loading: bool = True  # until start-up has tried every model
+    draining: bool = False  # from SIGTERM on: not ready, finishing what is in flight
+
+    @property
+    def repository(self) -> ModelRepository:
+        return self.dataplane.repository
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.cnnserve
+
+
+State = Annotated[AppState, Depends(get_state)]

@@ -1,0 +1,109 @@
+"""``create_app(settings)``: the FastAPI app, its middleware, routers and lifespan.
+
+Models are loaded and warmed in ``lifespan``, off the event loop, before the server takes
+traffic; nothing is built at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.responses import FileResponse
+from starlette.staticfiles import StaticFiles
+
+from service import __name__ as _package
+from service.api import health, models
+from service.api.handlers import install_handlers
+from service.api.middleware import ServiceMiddleware
+from service.api.state import AppState
+from service.config import Settings
+from service.dataplane import DataPlane
+from service.metrics import Metrics
+from service.repository import BatchingConfig, ModelRepository
+from service.runtime import SessionConfig
+
+__all__ = ["create_app", "create_app_from_env"]
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+VERSION = "0.1.0"
+
+
+def _build_state(settings: Settings) -> AppState:
+    metrics = Metrics()
+    repository = ModelRepository(
+        settings.model_dir,
+        session=SessionConfig(
+            settings.providers, settings.intra_op_threads, settings.inter_op_threads
+        ),
+        batching=BatchingConfig(
+            settings.max_batch_size, settings.max_queue_delay_ms / 1000, settings.queue_capacity
+        ),
+        observer=metrics.batch_observer,
+    )
+    metrics.watch(repository)
+    threads = settings.decode_threads or min(8, os.cpu_count() or 1)
+    executor = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+    return AppState(settings, DataPlane(settings, repository, metrics, executor), metrics)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: AppState = app.state.cnnserve
+    await asyncio.to_thread(state.repository.load_all)
+    state.loading = False
+    ready = [e.name for e in state.repository.entries() if e.state.value == "ready"]
+    log.info("serving %d model(s): %s", len(ready), ", ".join(ready) or "none")
+    try:
+        yield
+    finally:
+        state.draining = True
+        state.repository.close()
+        state.dataplane.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service for ``settings`` (default: from CNNSERVE_* environment variables)."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="cnnserve",
+        version=VERSION,
+        summary="CNN inference over HTTP with ONNX Runtime: classification, feature maps, "
+        "receptive fields, and the Open Inference Protocol.",
+        lifespan=_lifespan,
+    )
+    state = _build_state(settings)
+    app.state.cnnserve = state
+    install_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    if (STATIC_DIR / "index.html").is_file():
+        app.mount("/ui", StaticFiles(directory=STATIC_DIR), name="ui")
+
+        @app.get("/", include_in_schema=False)
+        async def index() -> FileResponse:
+            return FileResponse(STATIC_DIR / "index.html")
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+        )
+    app.add_middleware(ServiceMiddleware, state=state)
+    log.debug("%s app built for %s", _package, settings.model_dir)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The factory uvicorn's workers call (``service.app:create_app_from_env``)."""
+    return create_app(Settings())

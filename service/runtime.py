@@ -1,0 +1,187 @@
+"""ONNX Runtime sessions: provider choice with an explained fallback, inference, feature maps.
+
+Nothing here knows about HTTP. A ``ModelRuntime`` is one version of one model: its
+inference session (shared by every request: ``InferenceSession.run`` is thread-safe), the
+layers a user can inspect, and a second session, built on first use, that also returns
+those layers' activations.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from service.graph import Layer, describe_layers
+from service.model_card import ModelCard
+
+__all__ = ["ModelLoadError", "ModelRuntime", "Placement", "SessionConfig", "create_session"]
+
+log = logging.getLogger(__name__)
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+ProviderMode = Literal["auto", "cuda", "cpu"]
+
+
+class ModelLoadError(Exception):
+    """A model version cannot be served; the message says why."""
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    providers: ProviderMode = "auto"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where ONNX Runtime put a session, and why not on CUDA when CUDA was asked for."""
+
+    providers: tuple[str, ...]
+    fallback_reason: str | None = None
+
+    @property
+    def device(self) -> str:
+        return "cuda" if CUDA in self.providers else "cpu"
+
+
+def _options(config: SessionConfig) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = config.inter_op_threads
+    # Spinning threads would steal the cores that decode images between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def _cuda_unavailable_reason() -> str | None:
+    """Why ONNX Runtime cannot offer CUDA at all, or None when it says it can."""
+    if CUDA not in ort.get_available_providers():
+        return (
+            f"this onnxruntime build ({ort.__version__}, {ort.get_device()}) has no CUDA "
+            "execution provider; install onnxruntime-gpu (the gpu extra)"
+        )
+    return None
+
+
+def create_session(
+    model: bytes | str, config: SessionConfig
+) -> tuple[ort.InferenceSession, Placement]:
+    """Create a session as ``config.providers`` asks: auto falls back, cuda is strict."""
+    options = _options(config)
+    if config.providers == "cpu":
+        return ort.InferenceSession(model, options, providers=[CPU]), Placement((CPU,))
+    reason = _cuda_unavailable_reason()
+    if reason is None:
+        try:
+            session = ort.InferenceSession(model, options, providers=[CUDA, CPU])
+        except Exception as exc:  # ORT raises its own untyped errors
+            raise ModelLoadError(f"could not create an ONNX Runtime session: {exc}") from exc
+        providers = tuple(session.get_providers())
+        if CUDA in providers:
+            return session, Placement(providers)
+        reason = (
+            "onnxruntime-gpu could not place the model on CUDA: the CUDA provider failed "
+            "to load (no GPU visible, or CUDA 13 / cuDNN 9 libraries missing)"
+        )
+    if config.providers == "cuda":
+        raise ModelLoadError(f"CNNSERVE_PROVIDERS=cuda, but {reason}")
+    session = ort.InferenceSession(model, options, providers=[CPU])
+    return session, Placement((CPU,), fallback_reason=reason)
+
+
+class ModelRuntime:
+    """One loaded version of one model."""
+
+    def __init__(
+        self, name: str, version: str, path: Path, card: ModelCard, config: SessionConfig
+    ) -> None:
+        self.name, self.version, self.path, self.card = name, version, path, card
+        self._config = config
+        try:
+            self._proto = onnx.load(str(path))
+            self.session, self.placement = create_session(self._proto.SerializeToString(), config)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"{path} is not a loadable ONNX model: {exc}") from exc
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise ModelLoadError(
+                f"{path}: expected one input and an output, found "
+                f"{len(inputs)} inputs and {len(outputs)} outputs"
+            )
+        self.input = inputs[0]
+        self.output = outputs[0]
+        self._check_shapes()
+        self.layers = describe_layers(self._proto)
+        self._layers_by_name = {layer.name: layer for layer in self.layers}
+        self._maps_session: ort.InferenceSession | None = None
+        self._maps_lock = threading.Lock()
+
+    def _check_shapes(self) -> None:
+        spec = self.card.input
+        shape = list(self.input.shape)
+        expected = [spec.channels, *spec.size]
+        if len(shape) != 4 or any(
+            isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)
+        ):
+            raise ModelLoadError(
+                f"input {self.input.name} has shape {shape}; model.json says "
+                f"[N, {', '.join(map(str, expected))}]"
+            )
+        classes = self.output.shape[-1] if self.output.shape else None
+        if isinstance(classes, int) and classes != len(self.card.labels):
+            raise ModelLoadError(
+                f"output {self.output.name} has {classes} classes; model.json "
+                f"has {len(self.card.labels)} labels"
+            )
+
+    @property
+    def input_shape(self) -> list[int]:
+        """The input's shape with -1 for dynamic axes."""
+        return [d if isinstance(d, int) else -1 for d in self.input.shape]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on an (N, C, H, W) float32 batch; returns its first output."""
+        return self.session.run([self.output.name], {self.input.name: batch})[0]
+
+    def warm_up(self) -> None:
+        spec = self.card.input
+        self.infer(np.zeros((1, spec.channels, *spec.size), dtype=np.float32))
+
+    def layer(self, name: str) -> Layer | None:
+        return self._layers_by_name.get(name)
+
+    def _feature_session(self) -> ort.InferenceSession:
+        """The model with every listed layer's activation added as an output (built once)."""
+        with self._maps_lock:
+            if self._maps_session is None:
+                proto = onnx.ModelProto()
+                proto.CopyFrom(self._proto)
+                present = {o.name for o in proto.graph.output}
+                for layer in self.layers:
+                    if layer.output not in present:
+                        proto.graph.output.append(
+                            onnx.helper.make_tensor_value_info(
+                                layer.output, onnx.TensorProto.FLOAT, None
+                            )
+                        )
+                self._maps_session, _ = create_session(proto.SerializeToString(), self._config)
+            return self._maps_session
+
+    def feature_maps(self, image: np.ndarray, layers: list[Layer]) -> list[np.ndarray]:
+        """Activations (C, H, W) of ``layers`` for one (C, H, W) image."""
+        outputs = [layer.output for layer in layers]
+        arrays = self._feature_session().run(outputs, {self.input.name: image[None]})
+        return [np.ascontiguousarray(a[0], dtype=np.float32) for a in arrays]
