@@ -20,7 +20,7 @@ from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
 from service import __name__ as _package
-from service.api import health, models
+from service.api import health, models, v2
 from service.api.handlers import install_handlers
 from service.api.middleware import ServiceMiddleware
 from service.api.state import AppState
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(v2.router)
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/ui", StaticFiles(directory=STATIC_DIR), name="ui")
 
