@@ -66,6 +66,6 @@ models: $(VENV)/.stamp-dev apt-deps
 	$(MAKE) models-report
 
 models-report: $(VENV)/.stamp-dev apt-deps
-	$(BIN)/python -m model_export.report --model-dir models --out docs/models.md
+	$(BIN)/python -m model_export.report --model-dir models --readme README.md --json docs/models.json
 
 -include mk/*.mk

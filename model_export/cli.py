@@ -123,6 +123,7 @@ def import_onnx(
     color: Annotated[str, typer.Option(help="rgb or grey")] = "rgb",
     resize: Annotated[str, typer.Option(help="stretch or center-crop")] = "center-crop",
     resize_shorter: Annotated[int | None, typer.Option(help="shorter side before the crop")] = None,
+    output: Annotated[str, typer.Option(help="logits or probabilities")] = "logits",
     model_dir: Annotated[Path, typer.Option(help="the model repository")] = Path("models"),
 ) -> None:
     """Check a user's ONNX classifier and copy it into the repository with a model.json."""
@@ -130,7 +131,13 @@ def import_onnx(
     from model_export.onnx_import import ImportSpec, import_onnx_model
 
     spec = ImportSpec(
-        color=color, mean=mean, std=std, size=size, resize=resize, resize_shorter=resize_shorter
+        color=color,
+        mean=mean,
+        std=std,
+        size=size,
+        resize=resize,
+        resize_shorter=resize_shorter,
+        output_kind=output,
     )
     try:
         result = import_onnx_model(

@@ -25,9 +25,10 @@ from model_export.architectures import build, count_parameters
 from model_export.datasets import load_dataset
 from model_export.errors import RunNotFoundError, VerificationError
 from model_export.onnx_graph import readable_names
+from model_export.repository import next_version, write_model_files
 from model_export.verify import ATOL, RTOL, verify_onnx
 
-__all__ = ["ExportResult", "InputSpec", "export_model", "export_run", "next_version"]
+__all__ = ["ExportResult", "InputSpec", "export_model", "export_run"]
 
 log = logging.getLogger(__name__)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -62,12 +63,6 @@ class ExportResult:
         return asdict(self) | {"path": str(self.path)}
 
 
-def next_version(model_root: Path) -> str:
-    """The next integer version folder under ``model_root`` ("1" when there is none)."""
-    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
-    return str(max(versions, default=0) + 1)
-
-
 def _to_onnx(model: nn.Module, spec: InputSpec, path: Path, opset: int) -> None:
     example = torch.zeros(1, spec.channels, *spec.size)
     torch.onnx.export(
@@ -84,17 +79,6 @@ def _to_onnx(model: nn.Module, spec: InputSpec, path: Path, opset: int) -> None:
     leaves = [name for name, m in model.named_modules() if name and not list(m.children())]
     readable_names(proto, leaves)
     onnx.save(proto, str(path))
-
-
-def _triton_config(name: str, spec: InputSpec, num_classes: int) -> str:
-    dims = ", ".join(str(d) for d in (spec.channels, *spec.size))
-    return (
-        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\n'
-        f'input [\n  {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ {dims} ] }}\n]\n'
-        f'output [\n  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {num_classes} ]'
-        ' label_filename: "labels.txt" }\n]\n'
-        "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
-    )
 
 
 def export_model(
@@ -157,9 +141,7 @@ def export_model(
         }
         | metadata.pop("produced_by", {}),
     }
-    (root / "model.json").write_text(json.dumps(card, indent=2) + "\n")
-    (root / "labels.txt").write_text("\n".join(labels) + "\n")
-    (root / "config.pbtxt").write_text(_triton_config(name, spec, len(labels)))
+    write_model_files(root, card)
     log.info("exported %s version %s (max |torch - onnxruntime| = %.2e)", name, version, max_diff)
     return ExportResult(name, version, onnx_path, max_diff, parameters)
 

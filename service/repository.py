@@ -22,12 +22,24 @@ from service.errors import ModelNotFoundError, ModelUnavailableError
 from service.model_card import ModelCard, load_card
 from service.runtime import ModelLoadError, ModelRuntime, SessionConfig
 
-__all__ = ["BatchingConfig", "ModelEntry", "ModelRepository", "ModelState", "ModelVersion"]
+__all__ = [
+    "BatchingConfig",
+    "ModelEntry",
+    "ModelRepository",
+    "ModelState",
+    "ModelVersion",
+    "valid_model_name",
+]
 
 log = logging.getLogger(__name__)
 # A request that looked up a version just before a swap still submits to it within this time.
 RETIRE_GRACE_S = 5.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def valid_model_name(name: str) -> bool:
+    """Letters, digits, '.', '_' and '-', starting with a letter or digit: safe as a folder."""
+    return bool(_NAME.fullmatch(name)) and ".." not in name
 
 
 class ModelState(enum.StrEnum):
@@ -153,7 +165,7 @@ class ModelRepository:
         started = time.perf_counter()
         root = self.model_dir / name
         try:
-            if not _NAME.match(name):
+            if not valid_model_name(name):
                 raise ModelLoadError(f"{name!r} is not a valid model name")
             if not root.is_dir():
                 raise ModelLoadError(f"{root} does not exist")

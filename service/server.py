@@ -8,9 +8,12 @@ building its own app from the environment.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -26,6 +29,22 @@ log = logging.getLogger(__name__)
 
 
 class _DrainingServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Like uvicorn's, minus re-raising the signal after a graceful shutdown: a drained
+        server exits 0, which is what Docker, Kubernetes and systemd read as a clean stop."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app_state = getattr(getattr(self.config.loaded_app, "state", None), "cnnserve", None)
         if app_state is None:  # the app is wrapped by middleware: find it once

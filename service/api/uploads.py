@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
@@ -33,12 +34,14 @@ def _media_type(request: Request) -> str:
 async def _multipart(request: Request, max_images: int) -> list[Upload]:
     try:
         form = await request.form(max_files=max_images + 1, max_fields=32)
-    except MultiPartException as exc:
-        if "files" in str(exc).lower():
+    except (MultiPartException, HTTPException) as exc:
+        # Starlette turns its parser's errors into a 400 HTTPException inside an app.
+        problem = exc.detail if isinstance(exc, HTTPException) else exc.message
+        if "too many files" in str(problem).lower():
             raise TooManyImagesError(
                 f"more than {max_images} images in one request", limit=max_images
             ) from None
-        raise InvalidParameterError(f"malformed multipart body: {exc}") from None
+        raise InvalidParameterError(f"malformed multipart body: {problem}") from None
     try:
         files = form.getlist(FIELD)
         other = sorted({key for key in form if key != FIELD})

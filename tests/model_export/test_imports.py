@@ -1,0 +1,126 @@
+"""Importing a pretrained network and a user's ONNX classifier into a repository."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from model_export.errors import ImportModelError
+from model_export.onnx_import import ImportSpec, import_onnx_model
+from model_export.pretrained import import_pretrained
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+LENET = MODELS / "lenet5-fashion" / "1" / "model.onnx"
+LENET_SPEC = ImportSpec(color="grey", mean=[0.2863], std=[0.3532], resize="stretch")
+
+
+@pytest.fixture
+def labels10(tmp_path: Path) -> Path:
+    path = tmp_path / "labels.txt"
+    path.write_text((MODELS / "lenet5-fashion" / "labels.txt").read_text())
+    return path
+
+
+@pytest.mark.slow
+def test_mobilenetv2_import_is_verified_and_carries_imagenet_labels(tmp_path: Path) -> None:
+    result = import_pretrained("mobilenetv2-imagenet", model_dir=tmp_path)
+    assert result.version == "1" and result.max_abs_diff < 1e-4
+    card = json.loads((tmp_path / "mobilenetv2-imagenet" / "model.json").read_text())
+    assert card["labels"][285] == "Egyptian cat" and len(card["labels"]) == 1000
+    assert card["input"] | {"mean": None, "std": None} == {
+        "name": "input",
+        "color_mode": "RGB",
+        "size": [224, 224],
+        "mean": None,
+        "std": None,
+        "resize": "center-crop",
+        "resize_shorter": 256,
+    }
+
+
+def test_import_onnx_copies_a_checked_classifier(tmp_path: Path, labels10: Path) -> None:
+    summary = import_onnx_model(
+        LENET, name="lenet-again", labels_path=labels10, spec=LENET_SPEC, model_dir=tmp_path
+    )
+    assert summary["version"] == "1"
+    root = tmp_path / "lenet-again"
+    assert (root / "1" / "model.onnx").read_bytes() == LENET.read_bytes()
+    card = json.loads((root / "model.json").read_text())
+    assert card["input"]["size"] == [28, 28] and card["input"]["color_mode"] == "L"
+    again = import_onnx_model(
+        LENET, name="lenet-again", labels_path=labels10, spec=LENET_SPEC, model_dir=tmp_path
+    )
+    assert again["version"] == "2"
+
+
+def _two_input_model(path: Path) -> Path:
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 3, 8, 8])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 3, 8, 8])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["out"])], "g", [a, b], [out])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_import_onnx_refuses_what_cannot_be_served(tmp_path: Path, labels10: Path) -> None:
+    two = tmp_path / "two.txt"
+    two.write_text("cat\ndog\n")
+    with pytest.raises(ImportModelError, match=r"has 10 classes but .* has 2 labels"):
+        import_onnx_model(LENET, name="bad", labels_path=two, spec=LENET_SPEC, model_dir=tmp_path)
+    with pytest.raises(ImportModelError, match="has 1 channels; --color rgb gives 3"):
+        import_onnx_model(
+            LENET, name="bad", labels_path=labels10, spec=ImportSpec(), model_dir=tmp_path
+        )
+    with pytest.raises(ImportModelError, match="2 inputs"):
+        import_onnx_model(
+            _two_input_model(tmp_path / "two.onnx"),
+            name="bad",
+            labels_path=labels10,
+            spec=ImportSpec(),
+            model_dir=tmp_path,
+        )
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(ImportModelError, match="does not load in ONNX Runtime"):
+        import_onnx_model(
+            garbage, name="bad", labels_path=labels10, spec=ImportSpec(), model_dir=tmp_path
+        )
+    with pytest.raises(ImportModelError, match="not a valid model name"):
+        import_onnx_model(
+            LENET, name="../escape", labels_path=labels10, spec=LENET_SPEC, model_dir=tmp_path
+        )
+    assert not (tmp_path / "bad").exists()
+
+
+def test_import_onnx_cli_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
+    two = tmp_path / "two.txt"
+    two.write_text("cat\ndog\n")
+    cli = Path(sys.executable).parent / "cnnserve"
+    result = subprocess.run(
+        [
+            str(cli),
+            "import-onnx",
+            str(LENET),
+            "--name",
+            "x",
+            "--labels",
+            str(two),
+            "--color",
+            "grey",
+            "--model-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: output 'logits' has 10 classes but {two} has 2 labels"
+    )

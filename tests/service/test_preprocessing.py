@@ -1,0 +1,143 @@
+"""Decoding and preprocessing: formats, colour modes, EXIF, crops, and refusals."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import ImageTooLargeError, InvalidImageError
+from service.model_card import InputSpec
+from service.preprocessing import decode_image, preprocess, to_tensor
+
+GREY = InputSpec(color_mode="L", size=(28, 28), mean=(0.5,), std=(0.25,))
+IMAGENET = InputSpec(
+    color_mode="RGB",
+    size=(224, 224),
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    resize="center-crop",
+    resize_shorter=256,
+)
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def gradient(width: int = 64, height: int = 48) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.uint8)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height, dtype=np.uint8)[:, None].repeat(width, 1)
+    return Image.fromarray(np.stack([x, y, 255 - x], -1), "RGB")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_every_accepted_format_decodes(fmt: str) -> None:
+    image = decode_image(encode(gradient(), fmt), max_pixels=10**6)
+    assert image.size == (64, 48)
+
+
+def test_normalisation_uses_mean_and_std() -> None:
+    white = Image.new("L", (28, 28), 255)
+    tensor = to_tensor(white, GREY)
+    assert tensor.shape == (1, 28, 28) and tensor.dtype == np.float32
+    assert np.allclose(tensor, (1.0 - 0.5) / 0.25)
+
+
+def test_center_crop_follows_torchvision() -> None:
+    # A 512x256 (w x h) image: shorter side -> 256 leaves it as is; crop 224 from the centre.
+    array = np.zeros((256, 512, 3), np.uint8)
+    array[:, 256:] = 255  # right half white
+    tensor = to_tensor(Image.fromarray(array), IMAGENET)
+    assert tensor.shape == (3, 224, 224)
+    column_means = tensor[0].mean(axis=0)
+    assert column_means[:112].max() < 0 < column_means[112:].min()  # the edge is centred
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    decoded = decode_image(encode(image, "JPEG", exif=exif), max_pixels=10**6)
+    assert decoded.size == (20, 40)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "CMYK", "I;16", "1", "L"])
+def test_colour_modes_convert(mode: str) -> None:
+    base = gradient(32, 32)
+    image = (
+        base.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray(np.asarray(base.convert("L"), np.uint16) * 257)
+    )
+    fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
+    decoded = decode_image(encode(image, fmt), max_pixels=10**6)
+    for spec in (GREY, IMAGENET):
+        tensor = to_tensor(decoded, spec)
+        assert tensor.shape == (spec.channels, *spec.size)
+        assert np.isfinite(tensor).all()
+
+
+def test_sixteen_bit_greys_are_scaled_not_clipped() -> None:
+    grey = np.asarray(gradient(32, 32).convert("L"), np.uint16)
+    deep = Image.fromarray(grey * 257)
+    assert deep.mode.startswith("I;16")
+    tensor_16 = to_tensor(decode_image(encode(deep, "PNG"), max_pixels=10**6), GREY)
+    tensor_8 = to_tensor(Image.fromarray(grey.astype(np.uint8), "L"), GREY)
+    assert np.abs(tensor_16 - tensor_8).max() < 0.05
+
+
+def test_transparent_pixels_become_black() -> None:
+    image = Image.new("RGBA", (28, 28), (255, 255, 255, 0))
+    tensor = to_tensor(decode_image(encode(image, "PNG"), max_pixels=10**6), GREY)
+    assert np.allclose(tensor, (0.0 - 0.5) / 0.25)
+
+
+def test_animated_gif_gives_its_first_frame() -> None:
+    frames = [Image.new("L", (28, 28), 0), Image.new("L", (28, 28), 255)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert np.allclose(preprocess(data, GREY, max_pixels=10**6), -2.0)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"hello, I am text", "not an image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "could not be decoded|not an image"),
+    ],
+)
+def test_garbage_is_an_invalid_image(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidImageError, match=message):
+        decode_image(data, max_pixels=10**6)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "TIFF"])
+def test_truncated_files_are_refused_not_padded(fmt: str) -> None:
+    data = encode(gradient(256, 256), fmt)
+    with pytest.raises(InvalidImageError):
+        decode_image(data[: len(data) // 2], max_pixels=10**6)
+
+
+def test_pixel_limit_is_checked_from_the_header_before_decoding() -> None:
+    # Small files declaring huge canvases: refused from the header, never decoded.
+    bomb = encode(Image.new("1", (7000, 7000)), "PNG")
+    assert len(bomb) < 20_000
+    with pytest.raises(ImageTooLargeError) as caught:
+        decode_image(bomb, max_pixels=40_000_000)
+    assert caught.value.detail == {"width": 7000, "height": 7000, "limit": 40_000_000}
+    huge = encode(Image.new("1", (30000, 30000)), "PNG")  # past Pillow's own bomb guard too
+    with pytest.raises(ImageTooLargeError):
+        decode_image(huge, max_pixels=40_000_000)
+
+
+def test_svg_and_other_formats_are_not_accepted() -> None:
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>'
+    with pytest.raises(InvalidImageError, match="accepted format"):
+        decode_image(svg, max_pixels=10**6)
+    with pytest.raises(InvalidImageError):
+        decode_image(encode(gradient(), "PPM"), max_pixels=10**6)
