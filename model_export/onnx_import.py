@@ -66,7 +66,9 @@ def _input_spec(session: ort.InferenceSession, spec: ImportSpec) -> dict[str, An
         raise ImportModelError(f"input {arg.name!r} has {channels} channels; --color "
                                f"{spec.color} gives {3 if color == 'RGB' else 1}")
     static = [d if isinstance(d, int) and d > 0 else None for d in arg.shape[2:]]
-    size = spec.size or (tuple(static) if None not in static else None)
+    size = spec.size
+    if size is None and static[0] is not None and static[1] is not None:
+        size = (static[0], static[1])
     if size is None:
         raise ImportModelError(f"input {arg.name!r} has no fixed height and width "
                                f"({arg.shape}); give them with --size H W")

@@ -130,14 +130,14 @@ def _count(shape: Sequence[int]) -> int:
 
 def _bf16_bits(values: np.ndarray) -> np.ndarray:
     """float32 -> bfloat16 bits, rounding to nearest even; NaN payloads stay NaN."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    bits = np.asarray(values, dtype=np.float32).view(np.uint32)
     rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     nan = np.isnan(values) & ((bits & 0xFFFF) != 0)
     return np.where(nan, ((bits >> 16) | 0x0040).astype(np.uint16), rounded)
 
 
 def _bf16_values(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    return np.asarray(bits.astype(np.uint32) << 16).view(np.float32)  # 0-d stays an array
 
 
 # -- one tensor: binary ------------------------------------------------------------------

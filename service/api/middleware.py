@@ -29,6 +29,9 @@ log = logging.getLogger("cnnserve.access")
 
 OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/", "/favicon.ico"})
 OPEN_PREFIXES = ("/ui/",)
+UNCOUNTED_PATHS = frozenset(
+    {"/health/live", "/health/ready", "/metrics", "/v2/health/live", "/v2/health/ready"}
+)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -94,7 +97,10 @@ class ServiceMiddleware:
             await send(message)
 
         metrics = self.state.metrics
-        metrics.inflight.inc()
+        # Probes and scrapes are not load: the autoscaler reads this gauge.
+        counted = scope["path"] not in UNCOUNTED_PATHS
+        if counted:
+            metrics.inflight.inc()
         try:
             refusal = self._refuse(scope)
             if refusal is not None:
@@ -102,7 +108,8 @@ class ServiceMiddleware:
             else:
                 await self.app(scope, self._limited(receive, settings.max_body_bytes), send_wrapper)
         finally:
-            metrics.inflight.dec()
+            if counted:
+                metrics.inflight.dec()
             self._record(scope, status["code"], time.perf_counter() - started, request_id)
 
     def _refuse(self, scope: Scope) -> Any:

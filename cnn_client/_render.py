@@ -1,0 +1,133 @@
+"""Rich tables and JSON documents for the CLI's results (imported by cli.py only)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.table import Table
+
+from cnn_client._results import Classification, FeatureMap, ModelInfo
+
+__all__ = [
+    "classifications_json",
+    "classifications_table",
+    "feature_maps_json",
+    "feature_maps_table",
+    "models_json",
+    "models_table",
+]
+
+
+def _widest(texts: Iterable[str]) -> int:
+    return max((len(text) for text in texts), default=0)
+
+
+def classifications_json(results: Sequence[Classification]) -> dict[str, Any]:
+    """The server's own response shape, so that scripts can treat both alike."""
+    first = results[0] if results else None
+    return {
+        "model": first.model if first else None,
+        "model_version": first.model_version if first else None,
+        "results": [
+            {
+                "filename": result.filename,
+                "predictions": [dataclasses.asdict(p) for p in result.predictions],
+            }
+            for result in results
+        ],
+    }
+
+
+def classifications_table(results: Sequence[Classification]) -> Table:
+    title = f"{results[0].model} (version {results[0].model_version})" if results else None
+    table = Table(title=title)
+    table.add_column("image", no_wrap=True, min_width=_widest(r.filename or "" for r in results))
+    table.add_column("rank", justify="right")
+    labels = (p.label for r in results for p in r.predictions)
+    table.add_column("label", no_wrap=True, min_width=_widest(labels))
+    table.add_column("probability", justify="right")
+    table.add_column("index", justify="right")
+    for result in results:
+        for rank, prediction in enumerate(result.predictions, start=1):
+            table.add_row(
+                result.filename if rank == 1 else "",
+                str(rank),
+                prediction.label,
+                f"{prediction.probability:.4f}",
+                str(prediction.index),
+                end_section=rank == len(result.predictions),
+            )
+    return table
+
+
+def _input_summary(model: ModelInfo) -> str:
+    if model.input is None:
+        return "?"
+    size = "x".join(str(v) for v in model.input.size)
+    return f"{model.input.color_mode} {size}".strip()
+
+
+def models_json(models: Sequence[ModelInfo]) -> dict[str, Any]:
+    return {"models": [dict(model.raw) for model in models]}
+
+
+def models_table(models: Sequence[ModelInfo]) -> Table:
+    table = Table(title="models")
+    table.add_column("name", no_wrap=True, min_width=_widest(m.name for m in models))
+    for column in ("versions", "state", "input", "classes", "layers", "providers"):
+        table.add_column(column)
+    for model in models:
+        table.add_row(
+            model.name,
+            ", ".join(model.versions),
+            model.state,
+            _input_summary(model),
+            str(len(model.labels)),
+            str(len(model.layers)),
+            ", ".join(p.removesuffix("ExecutionProvider") for p in model.providers),
+        )
+    return table
+
+
+def _pair(values: tuple[Any, Any] | None) -> str:
+    return "x".join(str(v) for v in values) if values is not None else ""
+
+
+def feature_maps_json(maps: Sequence[FeatureMap]) -> dict[str, Any]:
+    """Shapes, receptive fields and statistics; the activations themselves are left out."""
+    return {
+        "layers": [
+            {
+                "name": fmap.name,
+                "op_type": fmap.op_type,
+                "shape": list(fmap.shape),
+                "receptive_field": (
+                    dataclasses.asdict(fmap.receptive_field) if fmap.receptive_field else None
+                ),
+                "stats": dataclasses.asdict(fmap.stats),
+            }
+            for fmap in maps
+        ]
+    }
+
+
+def feature_maps_table(maps: Sequence[FeatureMap]) -> Table:
+    table = Table(title="feature maps")
+    table.add_column("layer", no_wrap=True, min_width=_widest(m.name for m in maps))
+    for column in ("op", "shape", "rf size", "rf jump", "min", "max", "mean"):
+        table.add_column(column)
+    for fmap in maps:
+        rf = fmap.receptive_field
+        table.add_row(
+            fmap.name,
+            fmap.op_type,
+            "x".join(str(v) for v in fmap.shape),
+            _pair(rf.size if rf else None),
+            _pair(rf.jump if rf else None),
+            f"{fmap.stats.min:.4g}",
+            f"{fmap.stats.max:.4g}",
+            f"{fmap.stats.mean:.4g}",
+        )
+    return table
