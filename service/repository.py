@@ -217,12 +217,27 @@ class ModelRepository:
             observe=observe,
         )
 
-    def load(self, name: str) -> ModelEntry:
-        """(Re)load ``name`` from disk and swap it in; the old versions drain, then close."""
+    def load(self, name: str, *, keep_serving: bool = False) -> ModelEntry:
+        """(Re)load ``name`` from disk and swap it in; the old versions drain, then close.
+
+        With ``keep_serving``, a reload that cannot serve is dropped and the serving entry
+        stays (Triton's rule for explicit loads); the failed entry is returned all the same.
+        """
         entry = self._build(name)
         with self._lock:
             old = self._entries.get(name)
-            self._entries[name] = entry
+            failed_reload = (
+                keep_serving
+                and old is not None
+                and old.state is ModelState.READY
+                and entry.state is not ModelState.READY
+            )
+            if not failed_reload:
+                self._entries[name] = entry
+        if failed_reload:
+            log.warning("model %s: reload failed (%s); still serving", name, entry.reason)
+            self._retire(entry, grace_s=0)
+            return entry
         log.info(
             "model %s: %s%s", name, entry.state.value, f" ({entry.reason})" if entry.reason else ""
         )

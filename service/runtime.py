@@ -8,6 +8,7 @@ those layers' activations.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -64,6 +65,19 @@ def _options(config: SessionConfig) -> ort.SessionOptions:
     return options
 
 
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from pip's nvidia-* packages or torch, when present, so that
+    onnxruntime-gpu works without LD_LIBRARY_PATH. Missing libraries are reported by ONNX
+    Runtime on stderr and then by the session's placement; nothing raises here."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:  # best effort: the session creation says what is missing
+            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+
+
 def _cuda_unavailable_reason() -> str | None:
     """Why ONNX Runtime cannot offer CUDA at all, or None when it says it can."""
     if CUDA not in ort.get_available_providers():
@@ -71,6 +85,7 @@ def _cuda_unavailable_reason() -> str | None:
             f"this onnxruntime build ({ort.__version__}, {ort.get_device()}) has no CUDA "
             "execution provider; install onnxruntime-gpu (the gpu extra)"
         )
+    _preload_cuda_libraries()
     return None
 
 

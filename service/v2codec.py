@@ -423,7 +423,7 @@ def _input(
     name = _string(spec.get("name"), f"inputs[{index}].name")
     where = f"input {name!r}"
     datatype = spec.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise CodecError(f"{where}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
     shape = _shape(spec.get("shape"), where, max_elements)
     params = _parameters(spec.get("parameters"), where)
@@ -532,7 +532,8 @@ def bind_input(request: InferRequest, spec: TensorSpec, *, max_batch: int) -> np
         )
     target = DATATYPES[spec.datatype].newbyteorder("=")
     with np.errstate(over="ignore", invalid="ignore"):
-        array = np.ascontiguousarray(tensor.array, dtype=target)
+        # Binary data sits at any offset of the body: copy when unaligned, as well as to convert.
+        array = np.require(tensor.array, dtype=target, requirements=["C", "A"])
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         raise CodecError(

@@ -27,7 +27,9 @@ __all__ = ["ServiceMiddleware"]
 
 log = logging.getLogger("cnnserve.access")
 
-OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/", "/favicon.ico"})
+OPEN_PATHS = frozenset(
+    {"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/", "/favicon.ico"}
+)
 OPEN_PREFIXES = ("/ui/",)
 UNCOUNTED_PATHS = frozenset(
     {"/health/live", "/health/ready", "/metrics", "/v2/health/live", "/v2/health/ready"}

@@ -285,7 +285,7 @@ def _output(model: ModelVersion, logits: np.ndarray, out: RequestedOutput) -> Ou
     if out.classification:
         strings = classification(logits, out.classification, model.runtime.card.labels)
         return OutputTensor(out.name, "BYTES", strings, bool(out.binary))
-    return OutputTensor(out.name, "FP32", logits.astype(np.float32, copy=False), bool(out.binary))
+    return OutputTensor(out.name, _spec(model.runtime.output).datatype, logits, bool(out.binary))
 
 
 async def _infer(request: Request, state: AppState, name: str, version: str | None) -> Response:
@@ -302,15 +302,7 @@ async def _infer(request: Request, state: AppState, name: str, version: str | No
         ),
     )
     model, logits, wanted = await _run(state, name, version, decoded)
-    labels = model.runtime.card.labels
-    outputs = [
-        OutputTensor(
-            out.name, "BYTES", classification(logits, out.classification, labels), bool(out.binary)
-        )
-        if out.classification
-        else OutputTensor(out.name, "FP32", logits.astype(np.float32, copy=False), bool(out.binary))
-        for out in wanted
-    ]
+    outputs = [_output(model, logits, out) for out in wanted]
     content, header_length = encode_response(
         model_name=name, model_version=model.version, request_id=decoded.id, outputs=outputs
     )
@@ -417,7 +409,9 @@ async def repository_load(request: Request, state: State, name: str) -> JSON:
         raise ModelNotFoundError(
             f"no model folder named {name!r} in the model repository", model=name
         )
-    entry = await asyncio.to_thread(state.repository.load, name)
+    # As Triton does: a reload that fails leaves the serving versions serving.
+    load = functools.partial(state.repository.load, name, keep_serving=True)
+    entry = await asyncio.to_thread(load)
     if entry.state is not ModelState.READY:
         raise InvalidParameterError(f"failed to load {name!r}: {entry.reason}")
     return JSON({"name": name, "load": True})

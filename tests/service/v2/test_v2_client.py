@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Iterator
 
@@ -11,9 +10,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import tritonclient.http as triton
-from PIL import Image
+from testkit import MODELS, png
 from tritonclient.utils import InferenceServerException
-from v2_support import FASHION_MODELS, MODELS, Server, normalise, softmax
+from v2_support import FASHION_MODELS, Server, normalise, softmax
+
+from service.model_card import load_card
+from service.preprocessing import preprocess
 
 MODEL = "lenet5-fashion"
 FASHION_LABELS = (MODELS / MODEL / "labels.txt").read_text().splitlines()
@@ -175,6 +177,19 @@ def test_infer_fp16_is_converted_to_fp32(
     assert half.dtype == np.float32
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(client: triton.InferenceServerClient, algorithm: str) -> None:
+    x = np.zeros((2, 1, 28, 28), dtype=np.float32)
+    plain = _logits(client.infer(MODEL, [_input(x)]))
+    squeezed = client.infer(
+        MODEL,
+        [_input(x)],
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,  # may be ignored: the client copes
+    )
+    np.testing.assert_array_equal(_logits(squeezed), plain)
+
+
 def test_infer_a_named_version(client: triton.InferenceServerClient) -> None:
     x = np.zeros((2, 1, 28, 28), dtype=np.float32)
     result = client.infer(MODEL, [_input(x)], model_version="1")
@@ -243,12 +258,6 @@ def test_errors_reach_the_client_as_the_servers_message(
     assert caught.value.message() == "input 'input': expected shape [-1, 1, 28, 28], got [2, 3]"
 
 
-def _png(image: npt.NDArray[np.uint8]) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("model", FASHION_MODELS)
 def test_v2_equals_the_native_api(
     client: triton.InferenceServerClient,
@@ -258,7 +267,7 @@ def test_v2_equals_the_native_api(
 ) -> None:
     """Same image, same model: the V2 logits after softmax are the native probabilities."""
     images = fashion_images[:6]
-    files = [("file", (f"{i}.png", _png(image), "image/png")) for i, image in enumerate(images)]
+    files = [("file", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(images)]
     native = httpx.post(
         f"{server.url}/v1/models/{model}/classify", params={"top_k": 10}, files=files, timeout=60
     )
@@ -269,3 +278,30 @@ def test_v2_equals_the_native_api(
             expected[row, prediction["index"]] = prediction["probability"]
     logits = _logits(client.infer(model, [_input(normalise(images, model))]))
     np.testing.assert_allclose(softmax(logits), expected, rtol=0, atol=1e-5)
+
+
+def test_mobilenet_over_v2_matches_the_native_api(
+    client: triton.InferenceServerClient, server: Server, photos: dict[str, bytes]
+) -> None:
+    """The 3x224x224 model, fed the photo preprocessed exactly as the native API does."""
+    model = "mobilenetv2-imagenet"
+    card = load_card(MODELS / model / "model.json")
+    x = preprocess(photos["chelsea"], card.input, max_pixels=40_000_000)[None]
+    wanted = [
+        triton.InferRequestedOutput("logits", class_count=1),
+    ]
+    top = client.infer(model, [_input(x)], outputs=wanted).as_numpy("logits")
+    assert top is not None and top.shape == (1, 1)
+    assert top[0, 0].decode().endswith(":285:Egyptian cat")
+    native = httpx.post(
+        f"{server.url}/v1/models/{model}/classify",
+        params={"top_k": 1000},
+        files={"file": ("cat.jpg", photos["chelsea"], "image/jpeg")},
+        timeout=60,
+    )
+    assert native.status_code == 200, native.text
+    expected = np.zeros(1000)
+    for prediction in native.json()["results"][0]["predictions"]:
+        expected[prediction["index"]] = prediction["probability"]
+    logits = _logits(client.infer(model, [_input(x)]))
+    np.testing.assert_allclose(softmax(logits)[0], expected, rtol=0, atol=1e-5)

@@ -205,6 +205,23 @@ def test_a_model_that_fails_to_load_says_why(
     assert client.is_server_ready()  # the other models still serve
 
 
+def test_a_failed_reload_keeps_the_model_serving(
+    client: triton.InferenceServerClient, server: Server
+) -> None:
+    """Triton's rule: a reload that fails leaves the loaded model as it was."""
+    folder = _copy(server, "steady")
+    client.load_model("steady")
+    (folder / "2").mkdir()
+    (folder / "2" / "model.onnx").write_bytes(b"half-written upload")
+    with pytest.raises(InferenceServerException) as caught:
+        client.load_model("steady")
+    assert caught.value.status() == "400"
+    assert "failed to load 'steady'" in str(caught.value.message())
+    assert client.is_model_ready("steady")
+    assert _infer(client, "steady", np.zeros((1, 1, 28, 28), dtype=np.float32))[0] == "1"
+    assert _index(client)[("steady", "1")]["state"] == "READY"
+
+
 def test_config_overrides_are_refused(http: httpx.Client) -> None:
     response = http.post(
         f"/v2/repository/models/{SOURCE}/load", json={"parameters": {"config": "{}"}}

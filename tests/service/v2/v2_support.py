@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from testkit import MODELS
 
-REPO = Path(__file__).resolve().parents[3]
-MODELS = REPO / "models"
 FASHION_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 FASHION_MODELS = ("lenet5-fashion", "vggnet-fashion", "resnet-fashion")
 
@@ -24,12 +22,6 @@ class Server:
     host: str  # 127.0.0.1:<port>, as tritonclient wants it
     model_dir: Path
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def read_fashion_images(count: int) -> npt.NDArray[np.uint8]:
