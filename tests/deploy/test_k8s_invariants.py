@@ -323,7 +323,7 @@ def test_image_and_accelerator(directory: Path, monkeypatch: pytest.MonkeyPatch)
     limits = container["resources"]["limits"]
     pod = _pod_spec(directory)
     if directory == GPU:
-        assert container["image"] == "cnnserve:latest-gpu"
+        assert container["image"] == "cnnserve:gpu"
         assert limits["nvidia.com/gpu"] == 1
         assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
         # Strict: without a usable GPU the pod never becomes ready.
@@ -331,6 +331,6 @@ def test_image_and_accelerator(directory: Path, monkeypatch: pytest.MonkeyPatch)
         assert pod["nodeSelector"]
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     else:
-        assert container["image"] == "cnnserve:latest"
+        assert container["image"] == "cnnserve:cpu"
         assert "nvidia.com/gpu" not in limits
         assert settings.providers == "cpu"

@@ -129,7 +129,7 @@ def test_runtime_structure(runtime: Manifest) -> None:
 
 def test_runtime_container_serves_the_app_port(container: dict[str, Any]) -> None:
     assert container["name"] == "kserve-container"
-    assert container["image"] == "cnnserve:latest"
+    assert container["image"] == "cnnserve:cpu"
     (port,) = container["ports"]
     assert port["name"] in KNATIVE_PORT_NAMES
     assert port["containerPort"] == Settings().port
