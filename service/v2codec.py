@@ -1,8 +1,8 @@
 """Open Inference Protocol (KServe V2) tensors on the wire: JSON and binary tensor data.
 
 No HTTP here. ``decode_request`` turns an ``/infer`` body (plus its
-``Inference-Header-Content-Length``) into numpy arrays; ``bind_input`` checks them against
-the model's input and converts them to its datatype; ``encode_response`` writes the outputs
+``Inference-Header-Content-Length``) into numpy arrays (``service.v2binding`` then checks
+them against the model); ``encode_response`` writes the outputs
 back, each as JSON ``data`` or as binary after the JSON header. Every problem with a request
 is a ``CodecError`` (400) that names the tensor and what is wrong with it.
 
@@ -35,14 +35,11 @@ __all__ = [
     "InputTensor",
     "OutputTensor",
     "RequestedOutput",
-    "TensorSpec",
-    "bind_input",
-    "classification",
     "decode_body",
     "decode_request",
     "encode_response",
+    "fmt_shape",
     "parse_json_object",
-    "select_outputs",
     "tensor_from_bytes",
     "tensor_from_json",
     "tensor_to_bytes",
@@ -108,16 +105,7 @@ class OutputTensor:
     binary: bool = False
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """A model's tensor as metadata describes it; -1 marks a dynamic axis."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-
-def _fmt_shape(shape: Sequence[int]) -> str:
+def fmt_shape(shape: Sequence[int]) -> str:
     return f"[{', '.join(map(str, shape))}]"
 
 
@@ -221,19 +209,19 @@ def _leaves(data: Any, shape: Sequence[int], where: str) -> list[Any]:
     for depth, size in enumerate(shape):
         if set(map(type, level)) - {list}:
             raise CodecError(
-                f"{where}: data must be flat or nested exactly as shape {_fmt_shape(shape)}; "
+                f"{where}: data must be flat or nested exactly as shape {fmt_shape(shape)}; "
                 f"found a value where an array of {size} belongs (depth {depth + 1})"
             )
         lengths = set(map(len, level)) - {size}
         if lengths:
             raise CodecError(
-                f"{where}: data must be flat or nested exactly as shape {_fmt_shape(shape)}; "
+                f"{where}: data must be flat or nested exactly as shape {fmt_shape(shape)}; "
                 f"found an array of {min(lengths)} at depth {depth + 1} where {size} belong"
             )
         level = list(chain.from_iterable(level))
     if list in set(map(type, level)):
         raise CodecError(
-            f"{where}: data is nested deeper than shape {_fmt_shape(shape)} "
+            f"{where}: data is nested deeper than shape {fmt_shape(shape)} "
             f"({len(shape)} dimensions)"
         )
     return level
@@ -246,7 +234,7 @@ def tensor_from_json(
     leaves = _leaves(data, shape, where)
     if len(leaves) != _count(shape):
         raise CodecError(
-            f"{where}: shape {_fmt_shape(shape)} needs {_count(shape)} elements, "
+            f"{where}: shape {fmt_shape(shape)} needs {_count(shape)} elements, "
             f"data has {len(leaves)}"
         )
     wrong = set(map(type, leaves)) - _JSON_LEAVES[datatype]
@@ -407,11 +395,11 @@ def _shape(value: Any, where: str, max_elements: int) -> tuple[int, ...]:
     if any(type(d) is not int for d in value):
         raise CodecError(f"{where}: shape {value} must hold integers only")
     if any(d < 0 for d in value):
-        raise CodecError(f"{where}: shape {_fmt_shape(value)} has a negative dimension")
+        raise CodecError(f"{where}: shape {fmt_shape(value)} has a negative dimension")
     count = _count(value)
     if count > max_elements:
         raise CodecError(
-            f"{where}: shape {_fmt_shape(value)} has {count} elements; the limit is {max_elements}"
+            f"{where}: shape {fmt_shape(value)} has {count} elements; the limit is {max_elements}"
         )
     return tuple(value)
 
@@ -491,94 +479,6 @@ def decode_request(body: bytes, header_length: str | None, *, max_elements: int)
         binary_data_output=bool(_flag(params, "binary_data_output", "request")),
         parameters=params,
     )
-
-
-# -- binding to a model ------------------------------------------------------------------
-
-
-def _unique(names: list[str], kind: str) -> None:
-    seen = set()
-    for name in names:
-        if name in seen:
-            raise CodecError(f"{kind} {name!r} appears more than once")
-        seen.add(name)
-
-
-def bind_input(request: InferRequest, spec: TensorSpec, *, max_batch: int) -> np.ndarray:
-    """The request's input as the model's batch: names, shape, batch size and values checked,
-    any numeric datatype converted to the model's (FP16 to FP32, say); NaN and Inf refused."""
-    names = [t.name for t in request.inputs]
-    _unique(names, "input")
-    unknown = [n for n in names if n != spec.name]
-    if unknown:
-        raise CodecError(
-            f"unknown input {', '.join(map(repr, unknown))}: the model takes {spec.name!r}"
-        )
-    tensor = request.inputs[0]
-    where = f"input {spec.name!r}"
-    if len(tensor.shape) != len(spec.shape) or any(
-        want not in (-1, got) for want, got in zip(spec.shape, tensor.shape, strict=True)
-    ):
-        raise CodecError(
-            f"{where}: expected shape {_fmt_shape(spec.shape)}, got {_fmt_shape(tensor.shape)}"
-        )
-    batch = tensor.shape[0] if tensor.shape else 1
-    if spec.shape and spec.shape[0] == -1 and not 1 <= batch <= max_batch:
-        raise CodecError(f"{where}: batch size {batch} is outside 1..{max_batch}")
-    if tensor.datatype in ("BOOL", "BYTES"):
-        raise CodecError(
-            f"{where}: datatype {tensor.datatype} cannot be converted to the model's "
-            f"{spec.datatype}; send {spec.datatype} (FP16, BF16, FP64 and integers are converted)"
-        )
-    target = DATATYPES[spec.datatype].newbyteorder("=")
-    with np.errstate(over="ignore", invalid="ignore"):
-        # Binary data sits at any offset of the body: copy when unaligned, as well as to convert.
-        array = np.require(tensor.array, dtype=target, requirements=["C", "A"])
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        raise CodecError(
-            f"{where}: {bad} value(s) are NaN or Inf (or beyond {spec.datatype}'s range); "
-            "the model takes finite values only"
-        )
-    return array
-
-
-def select_outputs(
-    request: InferRequest, specs: Sequence[TensorSpec], *, classes: int
-) -> list[RequestedOutput]:
-    """The outputs to return, each with its binary flag decided; unknown names refused."""
-    wanted = request.outputs
-    if wanted is None:
-        wanted = [RequestedOutput(s.name) for s in specs]
-    _unique([o.name for o in wanted], "output")
-    valid = {s.name for s in specs}
-    resolved = []
-    for out in wanted:
-        if out.name not in valid:
-            raise CodecError(
-                f"unknown output {out.name!r}: the model has {', '.join(map(repr, sorted(valid)))}"
-            )
-        if out.classification is not None and out.classification > classes:
-            raise CodecError(
-                f"output {out.name!r}: classification {out.classification} is more than the "
-                f"{classes} classes the model has"
-            )
-        binary = request.binary_data_output if out.binary is None else out.binary
-        resolved.append(RequestedOutput(out.name, binary, out.classification))
-    return resolved
-
-
-def classification(values: np.ndarray, k: int, labels: Sequence[str]) -> np.ndarray:
-    """Triton's classification extension: per row, the k highest values as
-    ``"<value>:<index>:<label>"`` (BYTES, shape [N, k]); ties keep index order."""
-    rows = values.reshape(len(values), -1)
-    order = np.argsort(-rows, axis=1, kind="stable")[:, :k]
-    out = np.empty(order.shape, dtype=object)
-    for r, row in enumerate(order):
-        for c, index in enumerate(row):
-            label = f":{labels[index]}" if index < len(labels) else ""
-            out[r, c] = f"{rows[r, index]:f}:{index}{label}".encode()
-    return out
 
 
 # -- responses ---------------------------------------------------------------------------

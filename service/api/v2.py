@@ -44,18 +44,15 @@ from service.api.v2_schemas import (
 from service.errors import InvalidParameterError, ModelNotFoundError, ModelUnavailableError
 from service.repository import ModelEntry, ModelState, ModelVersion
 from service.runtime import ModelRuntime
+from service.v2binding import TensorSpec, bind_input, classification, select_outputs
 from service.v2codec import (
     InferRequest,
     OutputTensor,
     RequestedOutput,
-    TensorSpec,
-    bind_input,
-    classification,
     decode_body,
     decode_request,
     encode_response,
     parse_json_object,
-    select_outputs,
 )
 
 __all__ = ["router"]

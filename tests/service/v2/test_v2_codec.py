@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.errors import BodyTooLargeError
+from service.v2binding import TensorSpec, bind_input, classification, select_outputs
 from service.v2codec import (
     DATATYPES,
     CodecError,
@@ -26,13 +27,9 @@ from service.v2codec import (
     InputTensor,
     OutputTensor,
     RequestedOutput,
-    TensorSpec,
-    bind_input,
-    classification,
     decode_body,
     decode_request,
     encode_response,
-    select_outputs,
     tensor_from_bytes,
     tensor_from_json,
     tensor_to_bytes,
