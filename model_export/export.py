@@ -23,7 +23,7 @@ from torch import nn
 
 from model_export.architectures import build, count_parameters
 from model_export.datasets import load_dataset
-from model_export.errors import RunNotFoundError, VerificationError
+from model_export.errors import RunNotFoundError
 from model_export.onnx_graph import readable_names
 from model_export.repository import next_version, write_model_files
 from model_export.verify import ATOL, RTOL, verify_onnx
@@ -109,12 +109,11 @@ def export_model(
     except BaseException:
         shutil.rmtree(version_dir)
         raise
-    if max_diff is None:  # pragma: no cover - verify_onnx raises instead
-        raise VerificationError("verification did not run")
     parameters = count_parameters(model)
+    extra = {k: v for k, v in metadata.items() if k not in ("description", "produced_by")}
     card = {
         "name": name,
-        "description": metadata.pop("description", ""),
+        "description": metadata.get("description", ""),
         "labels": labels,
         "input": {
             "name": INPUT_NAME,
@@ -127,7 +126,7 @@ def export_model(
         },
         "output": {"name": OUTPUT_NAME, "kind": "logits"},
         "parameters": parameters,
-        **metadata,
+        **extra,
         "produced_by": {
             "torch": torch.__version__,
             "onnx_opset": opset,
@@ -139,7 +138,7 @@ def export_model(
                 "images": len(images),
             },
         }
-        | metadata.pop("produced_by", {}),
+        | metadata.get("produced_by", {}),
     }
     write_model_files(root, card)
     log.info("exported %s version %s (max |torch - onnxruntime| = %.2e)", name, version, max_diff)
