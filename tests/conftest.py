@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testkit import CNNSERVE, MODELS, REPO, LiveServer, ServerFactory, free_port
+from testkit import CNNSERVE, MODELS, LiveServer, ServerFactory, launch_server
 
 from model_export.datasets import Split, load_fashion_mnist
 from model_export.photos import photo_paths
@@ -42,27 +40,8 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
     servers: list[LiveServer] = []
 
     def start(*, executable: Path = CNNSERVE, wait: bool = True, **settings: object) -> LiveServer:
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CNNSERVE_")}
-        env |= {
-            "CNNSERVE_PROVIDERS": "cpu",
-            "CNNSERVE_MODEL_DIR": str(MODELS),
-            "CNNSERVE_LOG_FORMAT": "json",
-        }
-        env |= {f"CNNSERVE_{k.upper()}": str(v) for k, v in settings.items()}
-        log_path = tmp_path / f"server-{port}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [str(executable), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-        server = LiveServer(process, port, log_path)
+        server = launch_server(tmp_path, executable=executable, wait=wait, **settings)
         servers.append(server)
-        if wait:
-            server.wait_ready()
         return server
 
     yield start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
 import socket
 import subprocess
@@ -73,6 +74,34 @@ class LiveServer:
                 self.process.wait()
         self.stopped = True
         return int(self.process.returncode)
+
+
+def launch_server(
+    log_dir: Path, *, executable: Path = CNNSERVE, wait: bool = True, **settings: object
+) -> LiveServer:
+    """Start `cnnserve serve` on a free port of 127.0.0.1 with CNNSERVE_* ``settings`` (CPU
+    provider and the committed models unless given); waits until it is ready."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNSERVE_")}
+    env |= {
+        "CNNSERVE_PROVIDERS": "cpu",
+        "CNNSERVE_MODEL_DIR": str(MODELS),
+        "CNNSERVE_LOG_FORMAT": "json",
+    }
+    env |= {f"CNNSERVE_{k.upper()}": str(v) for k, v in settings.items()}
+    log_path = log_dir / f"server-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(executable), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    server = LiveServer(process, port, log_path)
+    if wait:
+        server.wait_ready()
+    return server
 
 
 ServerFactory = Callable[..., LiveServer]

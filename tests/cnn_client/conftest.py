@@ -6,12 +6,10 @@ import asyncio
 import base64
 import email
 import email.policy
-import gzip
 import http.server
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -20,8 +18,8 @@ import numpy.typing as npt
 import pytest
 
 from cnn_client import AsyncClient, Client
+from model_export.datasets import load_fashion_mnist
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_LABELS = [
     "T-shirt/top",
     "Trouser",
@@ -36,23 +34,10 @@ FASHION_LABELS = [
 ]
 
 
-def read_fashion_mnist(count: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-    """The first ``count`` Fashion-MNIST test images (N x 28 x 28 uint8) and labels."""
-    images_path = FASHION_DIR / "t10k-images-idx3-ubyte.gz"
-    labels_path = FASHION_DIR / "t10k-labels-idx1-ubyte.gz"
-    if not images_path.exists():
-        pytest.skip("Fashion-MNIST is missing: apt-get install dataset-fashion-mnist")
-    with gzip.open(images_path) as f:
-        raw = f.read(16 + count * 28 * 28)
-    with gzip.open(labels_path) as f:
-        labels = np.frombuffer(f.read(8 + count)[8:], dtype=np.uint8)
-    images = np.frombuffer(raw[16:], dtype=np.uint8).reshape(count, 28, 28)
-    return images, labels
-
-
 @pytest.fixture(scope="session")
 def fashion() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-    return read_fashion_mnist(200)
+    test = load_fashion_mnist().test
+    return test.images[:200], test.labels[:200].astype(np.uint8)
 
 
 @dataclass

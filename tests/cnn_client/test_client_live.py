@@ -6,19 +6,17 @@ import asyncio
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 import pytest
 from PIL import Image
+from testkit import launch_server
 
 from cnn_client import AsyncClient, Client, NotFoundError
 
@@ -32,52 +30,13 @@ CNNSERVE = Path(sys.executable).parent / "cnnserve"
 Fashion = tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not CNNSERVE.exists():
-        pytest.skip(f"{CNNSERVE} is not installed")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "CNNSERVE_MODEL_DIR": "models", "CNNSERVE_PROVIDERS": "cpu"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(CNNSERVE), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            _wait_ready(url, process, log_path)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"the server was not ready in 120 s:\n{log_path.read_text()}")
+    server = launch_server(tmp_path_factory.mktemp("server"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
