@@ -6,48 +6,28 @@ copy of ``models/`` (the repository tests add, replace and remove models in it),
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 import pytest
-from testkit import CNNSERVE, MODELS, LiveServer, free_port
-from v2_support import Server, read_fashion_images
+from testkit import MODELS, launch_server
+from v2_support import Server
+
+from model_export.datasets import load_fashion_mnist
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    if not CNNSERVE.exists():
-        pytest.skip(f"{CNNSERVE} is missing: pip install -e '.[serve,cpu]'")
     root = tmp_path_factory.mktemp("v2server")
     model_dir = root / "models"
     shutil.copytree(MODELS, model_dir)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNSERVE_")}
-    env |= {
-        "CNNSERVE_PROVIDERS": "cpu",
-        "CNNSERVE_MODEL_DIR": str(model_dir),
-        "CNNSERVE_LOG_FORMAT": "text",
-        "CNNSERVE_LOG_LEVEL": "WARNING",
-    }
-    log = root / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [str(CNNSERVE), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=root,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    live = LiveServer(process, port, log)
+    live = launch_server(root, model_dir=model_dir, log_format="text", log_level="WARNING")
     try:
-        live.wait_ready(timeout_s=120)
-        yield Server(live.url, f"127.0.0.1:{port}", model_dir, log)
+        yield Server(live.url, f"127.0.0.1:{live.port}", model_dir, live.log_path)
     finally:
         live.stop(signal.SIGTERM)
 
@@ -60,4 +40,4 @@ def http(server: Server) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def fashion_images() -> npt.NDArray[np.uint8]:
-    return read_fashion_images(32)
+    return load_fashion_mnist().test.images[:32]

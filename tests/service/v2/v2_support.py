@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import pytest
 from testkit import MODELS
 
 FASHION_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
@@ -22,15 +20,6 @@ class Server:
     host: str  # 127.0.0.1:<port>, as tritonclient wants it
     model_dir: Path
     log: Path
-
-
-def read_fashion_images(count: int) -> npt.NDArray[np.uint8]:
-    """The first ``count`` Fashion-MNIST test images, N x 28 x 28 uint8."""
-    if not FASHION_IMAGES.exists():
-        pytest.skip("Fashion-MNIST is missing: apt-get install dataset-fashion-mnist")
-    with gzip.open(FASHION_IMAGES) as f:
-        raw = f.read(16 + count * 28 * 28)
-    return np.frombuffer(raw[16:], dtype=np.uint8).reshape(count, 28, 28)
 
 
 def normalise(images: npt.NDArray[np.uint8], model: str) -> npt.NDArray[np.float32]:
