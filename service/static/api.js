@@ -82,7 +82,7 @@ async function call(path, { method = "GET", body = null, signal, as = "json" } =
       reason = key ? "That key was not accepted. Try another one." : null;
       const next = await keyProvider(reason);
       if (next === null) {
-        throw new ApiError(401, "unauthorized", "This server needs an API key.");
+        throw new ApiError(401, "unauthorized", "No key was entered.");
       }
       storeKey(next);
       continue;
@@ -127,7 +127,7 @@ export function describeError(err) {
     model_unavailable: "This model is not ready to serve yet.",
     overloaded: "The server is busy. Try again in a moment.",
     deadline_exceeded: "The server took too long to answer.",
-    unauthorized: "This server needs an API key.",
+    unauthorized: "This server needs an API key: enter one with the API key button at the top.",
     network_error: "The service could not be reached. Is it running?",
   };
   const lead = friendly[err.code] || "The request failed.";

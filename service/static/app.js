@@ -138,7 +138,7 @@ async function classifyThenMaps() {
 
 function drawInput() {
   if (state.model?.input) drawModelInput(ui.inputCanvas, state.bitmap, state.model.input);
-  ui.inputCanvas.classList.toggle("is-empty", !state.bitmap);
+  $("input-stage").classList.toggle("is-empty", !state.bitmap);
 }
 
 async function setImage(file) {

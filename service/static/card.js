@@ -73,12 +73,9 @@ function factList(model) {
   ];
   const list = el("dl", { className: "facts" });
   for (const [name, value] of facts) {
-    const isWarning = name === "Why not CUDA";
+    const className = { "Why not CUDA": "fact fact-warning", "Execution providers": "fact fact-code" };
     list.append(
-      el("div", { className: isWarning ? "fact fact-warning" : "fact" }, [
-        el("dt", { text: name }),
-        el("dd", { text: value }),
-      ]),
+      el("div", { className: className[name] || "fact" }, [el("dt", { text: name }), el("dd", { text: value })]),
     );
   }
   return list;
@@ -128,15 +125,29 @@ function notes(model) {
 }
 
 function layerTable(model, onPick) {
-  const head = ["#", "Layer", "Op", "Output (C×H×W)", "Receptive field", "Jump", "Sees of input"];
+  const head = ["#", "Layer", "Op", "Output (C×H×W)", "Receptive field", "Jump", "Share of input"];
   const table = el("table", { className: "layers" }, [
-    el("caption", {
-      text: `${model.layers.length} layers in graph order. Receptive field and jump are in input pixels; "sees" is the share of the input one unit's region covers.`,
-    }),
+    el("caption", { className: "visually-hidden", text: `Layers of ${model.name}` }),
     el("thead", {}, [el("tr", {}, head.map((h) => el("th", { text: h, attrs: { scope: "col" } })))]),
     el("tbody", {}, model.layers.map((layer, i) => layerRow(layer, i, model, onPick))),
   ]);
-  return el("div", { className: "table-scroll", attrs: { tabindex: "0", role: "region", "aria-label": "Layers" } }, [table]);
+  return [
+    el("p", {
+      className: "card-note",
+      attrs: { id: "layers-note" },
+      text:
+        `${model.layers.length} layers in graph order. Receptive field and jump are in input pixels; ` +
+        "the share is how much of the input one unit's region covers. Pick a layer to see its feature maps.",
+    }),
+    el(
+      "div",
+      {
+        className: "table-scroll",
+        attrs: { tabindex: "0", role: "region", "aria-label": "Layers", "aria-describedby": "layers-note" },
+      },
+      [table],
+    ),
+  ];
 }
 
 /** Fill ``container`` with the card of ``model``; ``onPick(layerName)`` on a layer's button. */
@@ -145,6 +156,6 @@ export function renderCard(container, model, onPick) {
     el("p", { className: "card-description", text: model.description || model.name }),
     factList(model),
     ...notes(model),
-    layerTable(model, onPick),
+    ...layerTable(model, onPick),
   );
 }

@@ -31,13 +31,16 @@ export function decodeLayer(layer) {
     let min = Infinity;
     let max = -Infinity;
     let sum = 0;
+    let squares = 0;
     for (let k = c * area; k < (c + 1) * area; k += 1) {
       const v = data[k];
       if (v < min) min = v;
       if (v > max) max = v;
       sum += v;
+      squares += v * v;
     }
-    channelStats.push({ min, max, mean: sum / area });
+    const mean = sum / area;
+    channelStats.push({ min, max, mean, std: Math.sqrt(Math.max(0, squares / area - mean * mean)) });
   }
   return {
     name: layer.name,
@@ -52,11 +55,11 @@ export function decodeLayer(layer) {
   };
 }
 
-/** The channel with the largest mean activation: a good first one to show. */
+/** The channel that varies most across the image: a good first one to show. */
 export function strongestChannel(fmap) {
   let best = 0;
   fmap.channelStats.forEach((s, c) => {
-    if (s.mean > fmap.channelStats[best].mean) best = c;
+    if (s.std > fmap.channelStats[best].std) best = c;
   });
   return best;
 }

@@ -60,6 +60,7 @@ export class MapsView {
       rfBox: $("rf-box"),
       rfCentre: $("rf-centre"),
       channelCanvas: $("channel-canvas"),
+      channelStage: $("channel-stage"),
       channelCaption: $("channel-caption"),
       unitBox: $("unit-box"),
       colorbarRow: $("colorbar-row"),
@@ -138,6 +139,7 @@ export class MapsView {
     this.unit = null;
     const ui = this.ui;
     ui.gridWrap.hidden = true;
+    delete ui.gridCanvas.dataset.layer;
     ui.rfBox.hidden = true;
     ui.rfCentre.hidden = true;
     ui.unitBox.hidden = true;
@@ -147,7 +149,7 @@ export class MapsView {
     ui.channelInput.disabled = true;
     ui.channelCanvas.width = 1;
     ui.channelCanvas.height = 1;
-    ui.channelCanvas.classList.add("is-empty");
+    ui.channelStage.classList.add("is-empty");
     ui.channelCaption.textContent = "Channel";
     ui.rfInfo.textContent = this.file
       ? "Pick a layer to see its feature maps."
@@ -207,14 +209,15 @@ export class MapsView {
       `All ${fmap.channels} channels of ${fmap.name} (${shape([fmap.channels, fmap.height, fmap.width])}). Arrow keys choose a channel.`,
     );
     // Few channels would be blown up to the full width; keep tiles at a sensible size.
-    ui.gridStage.style.maxWidth = `${Math.max(240, geom.cols * Math.max(96, Math.min(geom.tileW, 160)))}px`;
+    const tileCss = Math.max(120, Math.min(geom.tileW, 200));
+    ui.gridStage.style.maxWidth = `${geom.cols * tileCss}px`;
     this.drawChannel();
   }
 
   drawChannel() {
     const { fmap, ui } = this;
     const [lo, hi] = renderChannel(ui.channelCanvas, fmap, this.channel, ui.scaleSelect.value);
-    ui.channelCanvas.classList.remove("is-empty");
+    ui.channelStage.classList.remove("is-empty");
     ui.channelCanvas.dataset.channel = String(this.channel);
     ui.channelCaption.textContent = `${fmap.name} · channel ${this.channel} of ${fmap.channels} · ${fmap.height}×${fmap.width}`;
     ui.channelInput.value = String(this.channel);
