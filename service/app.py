@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from service import __name__ as _package
 from service.api import health, models, v2
+from service.api.docs import install_docs
 from service.api.handlers import install_handlers
 from service.api.middleware import ServiceMiddleware
 from service.api.state import AppState
@@ -79,10 +80,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="CNN inference over HTTP with ONNX Runtime: classification, feature maps, "
         "receptive fields, and the Open Inference Protocol.",
         lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     state = _build_state(settings)
     app.state.cnnserve = state
     install_handlers(app)
+    install_docs(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(v2.router)
