@@ -94,7 +94,9 @@ class ServiceMiddleware:
                 status["code"] = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
-                headers.extend(_SECURITY_HEADERS)
+                present = {name.lower() for name, _ in headers}
+                # A response may set its own policy (the API docs page does): keep it.
+                headers.extend(h for h in _SECURITY_HEADERS if h[0] not in present)
                 message = {**message, "headers": headers}
             await send(message)
 
