@@ -110,7 +110,9 @@ def models(server: Server) -> dict[str, dict[str, Any]]:
     return {m["name"]: m for m in server.get("/v1/models").json()["models"]}
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in this thread while it is
+# open, which would break every later test that calls asyncio.run().
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (`make apt-deps` installs it)")
