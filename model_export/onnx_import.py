@@ -52,26 +52,32 @@ def _input_spec(session: ort.InferenceSession, spec: ImportSpec) -> dict[str, An
     inputs = session.get_inputs()
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs)
-        raise ImportModelError(f"the model has {len(inputs)} inputs ({names}); an image "
-                               "classifier has exactly one")
+        raise ImportModelError(
+            f"the model has {len(inputs)} inputs ({names}); an image classifier has exactly one"
+        )
     arg = inputs[0]
     if arg.type != "tensor(float)" or len(arg.shape) != 4:
-        raise ImportModelError(f"input {arg.name!r} is {arg.type} {arg.shape}; expected a float "
-                               "tensor (N, C, H, W)")
+        raise ImportModelError(
+            f"input {arg.name!r} is {arg.type} {arg.shape}; expected a float tensor (N, C, H, W)"
+        )
     color = {"rgb": "RGB", "grey": "L", "gray": "L"}.get(spec.color.lower())
     if color is None:
         raise ImportModelError(f"--color must be rgb or grey, not {spec.color!r}")
     channels = arg.shape[1]
     if isinstance(channels, int) and channels != (3 if color == "RGB" else 1):
-        raise ImportModelError(f"input {arg.name!r} has {channels} channels; --color "
-                               f"{spec.color} gives {3 if color == 'RGB' else 1}")
+        raise ImportModelError(
+            f"input {arg.name!r} has {channels} channels; --color "
+            f"{spec.color} gives {3 if color == 'RGB' else 1}"
+        )
     static = [d if isinstance(d, int) and d > 0 else None for d in arg.shape[2:]]
     size = spec.size
     if size is None and static[0] is not None and static[1] is not None:
         size = (static[0], static[1])
     if size is None:
-        raise ImportModelError(f"input {arg.name!r} has no fixed height and width "
-                               f"({arg.shape}); give them with --size H W")
+        raise ImportModelError(
+            f"input {arg.name!r} has no fixed height and width "
+            f"({arg.shape}); give them with --size H W"
+        )
     if None not in static and tuple(static) != tuple(size):
         raise ImportModelError(f"--size {size} does not match the model's input {arg.shape}")
     n = 3 if color == "RGB" else 1
@@ -84,8 +90,15 @@ def _input_spec(session: ort.InferenceSession, spec: ImportSpec) -> dict[str, An
     shorter = spec.resize_shorter
     if spec.resize == "center-crop" and shorter is None:
         shorter = round(min(size) * 256 / 224)
-    return {"name": arg.name, "color_mode": color, "size": list(size), "mean": mean,
-            "std": std, "resize": spec.resize, "resize_shorter": shorter}
+    return {
+        "name": arg.name,
+        "color_mode": color,
+        "size": list(size),
+        "mean": mean,
+        "std": std,
+        "resize": spec.resize,
+        "resize_shorter": shorter,
+    }
 
 
 def _check_runs(session: ort.InferenceSession, card: dict[str, Any]) -> None:
@@ -104,14 +117,17 @@ def _check_runs(session: ort.InferenceSession, card: dict[str, Any]) -> None:
     scores = np.asarray(outputs[0])
     classes = len(card["labels"])
     if scores.shape != (1, classes):
-        raise ImportModelError(f"output {card['output']['name']!r} has shape {scores.shape} for "
-                               f"one image; {classes} labels need (1, {classes})")
+        raise ImportModelError(
+            f"output {card['output']['name']!r} has shape {scores.shape} for "
+            f"one image; {classes} labels need (1, {classes})"
+        )
     if not np.isfinite(scores).all():
         raise ImportModelError("the model's output on a real image is not finite")
 
 
-def import_onnx_model(path: Path, *, name: str, labels_path: Path, spec: ImportSpec,
-                      model_dir: Path = Path("models")) -> dict[str, Any]:
+def import_onnx_model(
+    path: Path, *, name: str, labels_path: Path, spec: ImportSpec, model_dir: Path = Path("models")
+) -> dict[str, Any]:
     """Copy a checked classifier into ``model_dir/name/<next version>``; return a summary."""
     if not path.is_file():
         raise ImportModelError(f"{path} does not exist")
@@ -128,8 +144,10 @@ def import_onnx_model(path: Path, *, name: str, labels_path: Path, spec: ImportS
     outputs = session.get_outputs()
     classes = outputs[0].shape[-1] if outputs and outputs[0].shape else None
     if isinstance(classes, int) and classes != len(labels):
-        raise ImportModelError(f"output {outputs[0].name!r} has {classes} classes but "
-                               f"{labels_path} has {len(labels)} labels")
+        raise ImportModelError(
+            f"output {outputs[0].name!r} has {classes} classes but "
+            f"{labels_path} has {len(labels)} labels"
+        )
     if spec.output_kind not in ("logits", "probabilities"):
         raise ImportModelError("--output must be logits or probabilities")
     card: dict[str, Any] = {
@@ -138,9 +156,10 @@ def import_onnx_model(path: Path, *, name: str, labels_path: Path, spec: ImportS
         "labels": labels,
         "input": input_spec,
         "output": {"name": outputs[0].name, "kind": spec.output_kind},
-        "produced_by": {"command": f"cnnserve import-onnx {path} --name {name}",
-                        "imported_at": dt.datetime.now(dt.UTC).replace(microsecond=0)
-                        .isoformat()},
+        "produced_by": {
+            "command": f"cnnserve import-onnx {path} --name {name}",
+            "imported_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        },
     }
     _check_runs(session, card)
     root = model_dir / name
@@ -148,5 +167,10 @@ def import_onnx_model(path: Path, *, name: str, labels_path: Path, spec: ImportS
     (root / version).mkdir(parents=True)
     shutil.copyfile(path, root / version / "model.onnx")
     write_model_files(root, card)
-    return {"name": name, "version": version, "path": str(root / version / "model.onnx"),
-            "labels": len(labels), "input": card["input"]}
+    return {
+        "name": name,
+        "version": version,
+        "path": str(root / version / "model.onnx"),
+        "labels": len(labels),
+        "input": card["input"],
+    }

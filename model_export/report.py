@@ -62,21 +62,29 @@ def measure(model_dir: Path, *, runs: int = 200) -> list[dict[str, object]]:
     rows = []
     for card_path in sorted(model_dir.glob("*/model.json")):
         card = json.loads(card_path.read_text())
-        versions = sorted((p for p in card_path.parent.iterdir() if p.name.isdigit()),
-                          key=lambda p: int(p.name))
+        versions = sorted(
+            (p for p in card_path.parent.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+        )
         onnx_path = versions[-1] / "model.onnx"
         spec = card["input"]
         channels = 1 if spec["color_mode"] == "L" else 3
         accuracy = None
         if card.get("dataset") == "fashion-mnist":
             accuracy = fashion_accuracy(onnx_path, spec["mean"][0], spec["std"][0])
-        rows.append({
-            "name": card["name"], "version": versions[-1].name,
-            "architecture": card.get("architecture"), "dataset": card.get("dataset"),
-            "test_accuracy": accuracy, "parameters": card.get("parameters"),
-            "onnx_bytes": onnx_path.stat().st_size,
-            "cpu_ms_per_image": _latency_ms(_session(onnx_path), [channels, *spec["size"]], runs),
-        })
+        rows.append(
+            {
+                "name": card["name"],
+                "version": versions[-1].name,
+                "architecture": card.get("architecture"),
+                "dataset": card.get("dataset"),
+                "test_accuracy": accuracy,
+                "parameters": card.get("parameters"),
+                "onnx_bytes": onnx_path.stat().st_size,
+                "cpu_ms_per_image": _latency_ms(
+                    _session(onnx_path), [channels, *spec["size"]], runs
+                ),
+            }
+        )
     return rows
 
 
@@ -90,12 +98,16 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
         accuracy = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "—"
         size_kib = int(r["onnx_bytes"]) / 1024  # type: ignore[call-overload]
         size = f"{size_kib:.0f} KiB" if size_kib < 1024 else f"{size_kib / 1024:.1f} MiB"
-        lines.append(f"| `{r['name']}` | {r['dataset']} | {accuracy} | {r['parameters']:,} "
-                     f"| {size} | {r['cpu_ms_per_image']:.2f} ms |")
+        lines.append(
+            f"| `{r['name']}` | {r['dataset']} | {accuracy} | {r['parameters']:,} "
+            f"| {size} | {r['cpu_ms_per_image']:.2f} ms |"
+        )
     lines.append("")
-    lines.append(f"Measured by `make models-report` on {platform.processor() or platform.machine()}"
-                 f" ({platform.system()}), ONNX Runtime {ort.__version__}, one CPU thread, "
-                 "batch 1, median of 200 runs.")
+    lines.append(
+        f"Measured by `make models-report` on {platform.processor() or platform.machine()}"
+        f" ({platform.system()}), ONNX Runtime {ort.__version__}, one CPU thread, "
+        "batch 1, median of 200 runs."
+    )
     return "\n".join(lines)
 
 
