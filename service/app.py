@@ -97,14 +97,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def index() -> FileResponse:
             return FileResponse(STATIC_DIR / "index.html")
 
+    app.add_middleware(ServiceMiddleware, state=state)
     if settings.cors_origins:
+        # Added last, so outermost: even a 401 or 413 from ServiceMiddleware carries the
+        # CORS headers a browser needs to show it, and preflights need no key.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
         )
-    app.add_middleware(ServiceMiddleware, state=state)
     log.debug("%s app built for %s", _package, settings.model_dir)
     return app
 

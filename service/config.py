@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -43,9 +43,12 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(2.0, ge=0.0)
     queue_capacity: int = Field(512, ge=1, description="images waiting per model")
 
-    request_timeout_s: float = Field(30.0, gt=0.0)
+    request_timeout_s: float = Field(
+        30.0, gt=0.0, description="deadline per request: arrival to the response's start"
+    )
     drain_timeout_s: float = Field(20.0, ge=0.0, description="graceful-shutdown budget")
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # SecretStr: keys never show in a repr, a log line or a dump of the settings.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

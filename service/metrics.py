@@ -2,20 +2,33 @@
 
 Request, stage and batch figures are recorded as they happen; model and queue state is read
 from the repository at scrape time, so it can never go stale.
+
+With several worker processes (``CNNSERVE_WORKERS``; ``PROMETHEUS_MULTIPROC_DIR`` set before
+prometheus_client is imported, which ``service.server`` does) every process writes its
+figures to files in that folder and ``registry`` sums them all: a scrape, whichever worker
+answers it, sees the whole server. The in-flight gauge is summed over live processes only
+(the files of a worker that died are dropped at the next scrape). Model state comes from the
+answering worker (every worker loads the same folder); the queue depth, which differs per
+worker, is sampled once a second into a gauge summed over live workers.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from service.batching import BatchObserver
 from service.repository import ModelRepository
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "multiprocess_mode", "queue_depths"]
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -35,9 +48,41 @@ _LATENCY_BUCKETS = (
 )
 
 
+def multiprocess_mode() -> bool:
+    """Whether prometheus_client writes to PROMETHEUS_MULTIPROC_DIR (chosen at its import)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+class _AllWorkers(Collector):
+    """Every worker's figures, summed from the multiprocess folder; the live-summed gauges
+    of workers that have exited are forgotten first (uvicorn restarts a worker that dies)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._inner = MultiProcessCollector(None, str(folder))
+
+    def collect(self) -> Iterator[Metric]:
+        for path in self._folder.glob("gauge_live*_*.db"):
+            pid = path.stem.rsplit("_", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                mark_process_dead(int(pid), str(self._folder))
+        yield from self._inner.collect()
+
+
 class _RepositoryCollector(Collector):
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, *, queue_depth: bool = True) -> None:
         self._repository = repository
+        self._queue_depth = queue_depth
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         models = GaugeMetricFamily(
@@ -75,15 +120,38 @@ class _RepositoryCollector(Collector):
             depth.add_metric([entry.name], queued)
         for (state, provider), n in sorted(counts.items()):
             models.add_metric([state, provider], n)
-        yield from (models, info, depth)
+        yield from (models, info, depth) if self._queue_depth else (models, info)
+
+
+def queue_depths(repository: ModelRepository) -> dict[str, int]:
+    """Images waiting per model, all versions together."""
+    return {
+        entry.name: sum(version.batcher.depth for version in entry.versions.values())
+        for entry in repository.entries()
+    }
+
+
+def _sample_queue_depths(
+    repository: weakref.ref[ModelRepository], gauge: Gauge, stop: threading.Event
+) -> None:
+    while not stop.wait(1.0) and (watched := repository()) is not None:
+        for name, depth in queue_depths(watched).items():
+            gauge.labels(name).set(depth)
 
 
 class Metrics:
     """The service's metrics; ``registry`` is what /metrics exposes."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self.multiprocess = multiprocess_mode()
+        # The metric objects register here, so that names stay unique per app. In
+        # multiprocess mode their values live in files, and ``registry`` reads those instead.
+        r = CollectorRegistry(auto_describe=True)
+        self.registry = r
+        self._stop = threading.Event()
+        if self.multiprocess:
+            self.registry = CollectorRegistry()
+            self.registry.register(_AllWorkers(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])))
         self.requests = Counter(
             "cnnserve_requests",
             "Requests by endpoint, model and status",
@@ -112,10 +180,34 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
-        self.inflight = Gauge("cnnserve_inflight_requests", "Requests being served now", registry=r)
+        self.inflight = Gauge(
+            "cnnserve_inflight_requests",
+            "Requests being served now",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queue_depth = Gauge(
+            "cnnserve_queue_depth",
+            "Images waiting in the batcher",
+            ["model"],
+            registry=r if self.multiprocess else None,  # else read at scrape time
+            multiprocess_mode="livesum",
+        )
 
     def watch(self, repository: ModelRepository) -> None:
-        self.registry.register(_RepositoryCollector(repository))
+        """Report ``repository``'s model state (and queue depth) from now on."""
+        self.registry.register(_RepositoryCollector(repository, queue_depth=not self.multiprocess))
+        if self.multiprocess:
+            threading.Thread(
+                target=_sample_queue_depths,
+                args=(weakref.ref(repository), self.queue_depth, self._stop),
+                name="metrics-queue-depth",
+                daemon=True,
+            ).start()
+
+    def close(self) -> None:
+        """Stop the queue-depth sampler (multiprocess mode)."""
+        self._stop.set()
 
     def batch_observer(self, model: str) -> BatchObserver:
         size = self.batch_size.labels(model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,14 @@ import onnxruntime as ort
 from service.graph import Layer, describe_layers
 from service.model_card import ModelCard
 
-__all__ = ["ModelLoadError", "ModelRuntime", "Placement", "SessionConfig", "create_session"]
+__all__ = [
+    "ModelLoadError",
+    "ModelRuntime",
+    "Placement",
+    "SessionConfig",
+    "create_session",
+    "usable_cores",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +61,20 @@ class Placement:
         return "cuda" if CUDA in self.providers else "cpu"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: taskset and container CPU sets
+    count), not the machine's: ONNX Runtime's own default counts the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _options(config: SessionConfig) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = config.intra_op_threads
+    options.intra_op_num_threads = config.intra_op_threads or usable_cores()
     options.inter_op_num_threads = config.inter_op_threads
     # Spinning threads would steal the cores that decode images between batches.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

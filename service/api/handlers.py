@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from service.api.responses import JSON
 from service.errors import OverloadedError, ServiceError, status_for
@@ -20,6 +22,9 @@ from service.errors import OverloadedError, ServiceError, status_for
 __all__ = ["error_response", "install_handlers"]
 
 log = logging.getLogger(__name__)
+# nginx's status for "the client closed the connection before the response": never sent (no
+# one is listening), but it is what the access log and the request metrics record.
+_CLIENT_CLOSED = 499
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -82,6 +87,14 @@ async def _http_error(request: Request, exc: Exception) -> JSON:
     return error_response(request, exc.status_code, code, message, headers=exc.headers)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up (or its body broke off) while the body was being read: not a
+    server error, so no traceback, and no 500 in the metrics."""
+    request_id = request.scope.get("state", {}).get("request_id", "")
+    log.info("client disconnected before its request was read (request id %s)", request_id)
+    return Response(status_code=_CLIENT_CLOSED)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSON:
     request_id = request.scope.get("state", {}).get("request_id", "")
     log.exception("unhandled error (request id %s)", request_id)
@@ -98,4 +111,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -2,20 +2,27 @@
 
 In order: a request id (``X-Request-ID`` kept when sane, else generated, always returned);
 API keys when configured (``Authorization: Bearer`` or ``X-API-Key``, compared in constant
-time; the health probes and the web page's static files are open); the body size limit
-(from ``Content-Length`` up front, and counted while streaming); security headers; one
-structured access-log line and the request metrics. Image bytes and keys are never logged.
+time; the health probes, CORS preflights and the web page's static files are open); the
+body size limit (from ``Content-Length`` up front, and counted while streaming); the
+request deadline (``request_timeout_s`` from the request's arrival to the response's start:
+reading the body, decoding, queueing and inference all count, and what is still running is
+cancelled); security headers; one structured access-log line and the request metrics.
+Image bytes and keys are never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
+from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,6 +41,9 @@ OPEN_PREFIXES = ("/ui/",)
 UNCOUNTED_PATHS = frozenset(
     {"/health/live", "/health/ready", "/metrics", "/v2/health/live", "/v2/health/ready"}
 )
+# Loading a model is control-plane work that finishes whatever the caller does: a deadline
+# there would only tell the caller it failed while it goes on.
+NO_DEADLINE_PREFIXES = ("/v2/repository/",)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -62,15 +72,32 @@ def _presented_key(scope: Scope) -> str | None:
     return _header(scope, b"x-api-key")
 
 
-def key_matches(presented: str | None, keys: list[str]) -> bool:
+def _preflight(scope: Scope) -> bool:
+    """A CORS preflight: browsers send it without credentials, by the Fetch standard, so
+    it cannot carry a key. CORSMiddleware answers it (or, with CORS off, the app's 405);
+    it never reaches an endpoint."""
+    return (
+        scope["method"] == "OPTIONS"
+        and _header(scope, b"origin") is not None
+        and _header(scope, b"access-control-request-method") is not None
+    )
+
+
+def key_matches(presented: str | None, keys: Sequence[SecretStr]) -> bool:
     """Constant-time comparison against every configured key (no early exit)."""
     if not presented:
         return False
     given = presented.encode()
     found = False
     for key in keys:
-        found |= hmac.compare_digest(given, key.encode())
+        found |= hmac.compare_digest(given, key.get_secret_value().encode())
     return found
+
+
+def _disarm(deadline: asyncio.Timeout) -> None:
+    """Stop a deadline that is running; one not entered, expired or over is left alone."""
+    with contextlib.suppress(RuntimeError):  # asyncio's word for "not running"
+        deadline.reschedule(None)
 
 
 class ServiceMiddleware:
@@ -88,9 +115,13 @@ class ServiceMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
         settings = self.state.settings
+        deadline = asyncio.timeout(
+            None if scope["path"].startswith(NO_DEADLINE_PREFIXES) else settings.request_timeout_s
+        )
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
+                _disarm(deadline)  # a response that has started is not cut off
                 status["code"] = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
@@ -110,7 +141,7 @@ class ServiceMiddleware:
             if refusal is not None:
                 await refusal(scope, receive, send_wrapper)
             else:
-                await self.app(scope, self._limited(receive, settings.max_body_bytes), send_wrapper)
+                await self._within(deadline, scope, receive, send_wrapper)
         finally:
             if counted:
                 metrics.inflight.dec()
@@ -121,7 +152,7 @@ class ServiceMiddleware:
         request = Request(scope)
         keys = self.state.settings.api_keys
         path = scope["path"]
-        open_path = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+        open_path = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or _preflight(scope)
         if keys and not open_path and not key_matches(_presented_key(scope), keys):
             return error_response(
                 request,
@@ -146,6 +177,27 @@ class ServiceMiddleware:
                     {"limit": limit},
                 )
         return None
+
+    async def _within(
+        self, deadline: asyncio.Timeout, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Run the app; past the deadline, cancel it and answer 504 ``deadline_exceeded``."""
+        limit = self.state.settings.max_body_bytes
+        try:
+            async with deadline:
+                await self.app(scope, self._limited(receive, limit), send)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the app's own, not ours
+            seconds = self.state.settings.request_timeout_s
+            response = error_response(
+                Request(scope),
+                504,
+                "deadline_exceeded",
+                f"the request did not finish within {seconds:g} s",
+                {"timeout_s": seconds},
+            )
+            await response(scope, receive, send)
 
     @staticmethod
     def _limited(receive: Receive, limit: int) -> Receive:

@@ -28,7 +28,9 @@ class AppState:
         return self.dataplane.repository
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # A coroutine on purpose: FastAPI runs a plain-def dependency in its thread pool, a
+    # thread hand-off on every request for an attribute lookup.
     return request.app.state.cnnserve
 
 

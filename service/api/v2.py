@@ -151,7 +151,8 @@ async def model_ready(state: State, name: str) -> JSON:
     "/models/{name}/versions/{version}/ready",
     response_model=ModelReady,
     summary="Model version readiness",
-    responses={400: {"model": ModelReady}, **_errors(404)},
+    # 400: not ready ({"name", "ready": false}), or a malformed version ({"error": ...}).
+    responses={400: {"model": ModelReady | V2Error}, **_errors(404)},
 )
 async def model_version_ready(state: State, name: str, version: Version) -> JSON:
     return _model_ready(state, name, version)

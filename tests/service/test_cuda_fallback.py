@@ -7,6 +7,7 @@ looks; in `cuda` no model becomes ready and the server reports unready.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import time
@@ -22,17 +23,20 @@ GPU_VENV = REPO / ".venv-ortgpu"
 
 @pytest.fixture(scope="module")
 def gpu_cnnserve() -> Path:
-    """`cnnserve` from a venv with onnxruntime-gpu instead of onnxruntime (built once)."""
+    """`cnnserve` from a venv with onnxruntime-gpu instead of onnxruntime (rebuilt whenever
+    pyproject.toml changes, so it never serves with stale dependencies)."""
     executable = GPU_VENV / "bin" / "cnnserve"
     stamp = GPU_VENV / ".installed"
-    if not stamp.is_file():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(GPU_VENV)], check=True)
+    wanted = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.is_file() or stamp.read_text() != wanted:
+        if not (GPU_VENV / "bin" / "pip").is_file():
+            subprocess.run([sys.executable, "-m", "venv", str(GPU_VENV)], check=True)
         subprocess.run(
             [str(GPU_VENV / "bin" / "pip"), "install", "-q", "-e", f"{REPO}[serve,gpu]"],
             check=True,
             timeout=1500,
         )
-        stamp.touch()
+        stamp.write_text(wanted)
     check = subprocess.run(
         [
             str(GPU_VENV / "bin" / "python"),
