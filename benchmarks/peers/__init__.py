@@ -1,0 +1,1 @@
+"""The servers cnnserve is measured against, written the way their documentation teaches."""

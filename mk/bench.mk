@@ -1,0 +1,34 @@
+# Benchmarks (docs/performance.md). Included by the Makefile. Not tests: numbers, written to
+# benchmarks/results/ (JSON and README.md); server logs and raw samples under results/raw/.
+#
+#   make bench          the whole matrix, ~10 minutes: one core for the server, one for wrk;
+#                       then both cores for the server. BENCH_ARGS passes options through
+#                       (e.g. BENCH_ARGS="--quick" for a 2-minute smoke run).
+#   make bench-memory   cnnserve's RSS over 5 minutes at concurrency 64
+#   make bench-profile  py-spy: where one request's time goes, before and after issue 10
+#
+# Run them on a quiet machine: the server is pinned to core 0 and wrk to core 1, but nothing
+# stops other processes from using those cores (results/README.md records the load average).
+
+BENCH_ARGS ?=
+BENCH_STAMP := $(VENV)/.stamp-bench
+
+.PHONY: bench bench-memory bench-profile bench-deps
+
+# litserve (the bench extra) and py-spy; wrk from Debian.
+$(BENCH_STAMP): pyproject.toml $(VENV)/.stamp-dev
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/pip install -q py-spy
+	touch $@
+
+bench-deps: $(BENCH_STAMP)
+	@scripts/apt-install.sh dataset-fashion-mnist wrk
+
+bench: bench-deps
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-memory: bench-deps
+	$(BIN)/python -m benchmarks.memory $(BENCH_ARGS)
+
+bench-profile: bench-deps
+	$(BIN)/python -m benchmarks.profile $(BENCH_ARGS)
