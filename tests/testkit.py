@@ -100,7 +100,11 @@ def launch_server(
         )
     server = LiveServer(process, port, log_path)
     if wait:
-        server.wait_ready()
+        try:
+            server.wait_ready()
+        except BaseException:
+            server.stop()
+            raise
     return server
 
 

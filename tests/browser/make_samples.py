@@ -11,7 +11,6 @@ for the page. The output is deterministic: running it twice gives the same bytes
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 from pathlib import Path
@@ -19,23 +18,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from model_export.datasets import FASHION_LABELS, load_fashion_mnist
+
 __all__ = ["FASHION_PICKS", "PHOTOS", "main"]
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "service" / "static" / "samples"
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_LABELS = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
 # Dataset class numbers; the first test image of each becomes a sample.
 FASHION_PICKS = (9, 1, 2, 3, 7, 8)
 # scikit-image file name -> (sample name, title).
@@ -49,11 +37,8 @@ PHOTO_SHORTER_SIDE = 256
 
 
 def _fashion_test_set() -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(FASHION_DIR / "t10k-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read()[16:], dtype=np.uint8).reshape(-1, 28, 28)
-    with gzip.open(FASHION_DIR / "t10k-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read()[8:], dtype=np.uint8)
-    return images, labels
+    test = load_fashion_mnist().test
+    return test.images, test.labels
 
 
 def _slug(label: str) -> str:

@@ -18,20 +18,7 @@ import numpy.typing as npt
 import pytest
 
 from cnn_client import AsyncClient, Client
-from model_export.datasets import load_fashion_mnist
-
-FASHION_LABELS = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+from model_export.datasets import FASHION_LABELS, load_fashion_mnist
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import subprocess
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from testkit import CNNSERVE, MODELS, REPO, LiveServer, free_port
+from testkit import REPO, LiveServer, launch_server
 
 ARTIFACTS = REPO / "test-artifacts" / "reliability"
 SUMMARY = ARTIFACTS / "summary.json"
@@ -36,31 +35,7 @@ def spawn(
 
     The caller stops it (``LiveServer.stop``); fixtures in conftest.py do that for you.
     """
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNSERVE_")}
-    env |= {
-        "CNNSERVE_PROVIDERS": "cpu",
-        "CNNSERVE_MODEL_DIR": str(MODELS),
-        "CNNSERVE_LOG_FORMAT": "json",
-    }
-    env |= {f"CNNSERVE_{k.upper()}": str(v) for k, v in (settings or {}).items()}
-    log_path = log_dir / f"server-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(CNNSERVE), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-    server = LiveServer(process, port, log_path)
-    if wait:
-        try:
-            server.wait_ready()
-        except BaseException:
-            server.stop()
-            raise
-    return server
+    return launch_server(log_dir, wait=wait, **(settings or {}))
 
 
 def proc_status(pid: int) -> dict[str, int]:
