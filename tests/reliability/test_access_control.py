@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -288,9 +289,16 @@ def test_request_logs_are_json_with_request_ids_and_no_image_bytes(
     generated = raw.headers["x-request-id"]
     assert raw.status_code == 200 and len(generated) == 32 and generated != "rel-trace-7"
     v2 = http.post("/v2/models/lenet5-fashion/infer", content=b"{", headers=auth)
-    lines = keyed.log().splitlines()
-    entries = [json.loads(line) for line in lines]  # every line is one JSON object
-    access = {e["request_id"]: e for e in entries if e.get("logger") == "cnnserve.access"}
+    wanted = {"rel-trace-7", generated, v2.headers["x-request-id"]}
+    # The access line is written once the response has gone out: give it a moment.
+    deadline = time.monotonic() + 5
+    while True:
+        lines = keyed.log().splitlines()
+        entries = [json.loads(line) for line in lines]  # every line is one JSON object
+        access = {e["request_id"]: e for e in entries if e.get("logger") == "cnnserve.access"}
+        if wanted <= set(access) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     for request_id, status in (
         ("rel-trace-7", 200),
         (generated, 200),
