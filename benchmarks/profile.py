@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.ab import parse_variant
 from benchmarks.inputs import MODELS, RAMP_MS, RAW, REPO, image_path, source_tree
 from benchmarks.servers import ServerSpec, check_answer, running
 from benchmarks.wrk import run_wrk
@@ -92,9 +93,11 @@ def _stage_seconds(url: str) -> dict[str, float]:
     return found
 
 
-def profile(label: str, model: str, concurrency: int, seconds: float, ref: str | None) -> Any:
+def profile(
+    label: str, model: str, concurrency: int, seconds: float, ref: str | None, env: Any = None
+) -> Any:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    spec = ServerSpec("cnnserve", f"cnnserve-{label}")
+    spec = ServerSpec("cnnserve", f"cnnserve-{label}", env=dict(env or {}))
     if ref is not None:
         spec = replace(spec, env={"PYTHONPATH": f"{source_tree(ref)}:{REPO}"})
     image = image_path(model)
@@ -187,11 +190,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--before", default=BEFORE, help="git ref of the 'before' profile")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="another column: NAME=SOURCE[,KEY=VALUE...] as in benchmarks.ab",
+    )
     args = parser.parse_args(argv)
     runs = [
         profile("before", args.model, args.concurrency, args.seconds, args.before),
         profile("after", args.model, args.concurrency, args.seconds, None),
     ]
+    for text in args.variant:
+        spec = parse_variant(text)
+        source = text.partition("=")[2].split(",")[0]
+        run = profile(spec.label, args.model, args.concurrency, args.seconds, None, spec.env)
+        runs.append(run | {"ref": source})
     (RESULTS / "profile.json").write_text(json.dumps(runs, indent=1) + "\n")
     (RESULTS / "profile.md").write_text(_markdown(runs))
     print(_markdown(runs))
