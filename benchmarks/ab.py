@@ -8,7 +8,8 @@ server's own CPU time, which other load barely moves).
 A variant is NAME=SOURCE[,KEY=VALUE...]; SOURCE is ``tree`` (the working tree),
 ``ref:REF`` (service/ as at a git commit), ``patch:FILE`` (the working tree's service/ with a
 patch applied), ``dir:PATH`` (a folder holding a service/ package), ``plain`` or
-``litserve`` (the peers); KEY=VALUE are CNNSERVE_* settings.
+``litserve`` (the peers) or ``bare`` (a bare ASGI function: the ceiling, for scale);
+KEY=VALUE are CNNSERVE_* settings.
 
     python -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 \\
         --variant before=ref:3f0f134 --variant after=tree \\
@@ -50,8 +51,9 @@ def parse_variant(text: str) -> ServerSpec:
     name, _, rest = text.partition("=")
     source, *settings = rest.split(",")
     env = dict(setting.split("=", 1) for setting in settings)
-    if source in ("plain", "litserve"):
-        return ServerSpec("fastapi" if source == "plain" else "litserve", name, env=env)
+    peers = {"plain": "fastapi", "litserve": "litserve", "bare": "bare"}
+    if source in peers:
+        return ServerSpec(peers[source], name, env=env)
     if source.startswith("ref:"):
         env["PYTHONPATH"] = f"{source_tree(source[4:])}:{REPO}"
     elif source.startswith("dir:"):

@@ -27,7 +27,7 @@ EXPECTED_LABEL = {"lenet5-fashion": "Ankle boot", "mobilenetv2-imagenet": "Egypt
 class ServerSpec:
     """One row of the benchmark: a server kind with its options, on a set of cores."""
 
-    kind: str  # cnnserve | fastapi | litserve
+    kind: str  # cnnserve | fastapi | litserve | bare
     label: str
     cpus: str = "0"
     workers: int = 1
@@ -40,7 +40,9 @@ class ServerSpec:
         if self.kind == "cnnserve":
             cli = [str(Path(python).parent / "cnnserve"), "serve", "--host", "127.0.0.1"]
             return [*cli, "--port", str(port), "--workers", str(self.workers)]
-        module = {"fastapi": "fastapi_plain", "litserve": "litserve_api"}[self.kind]
+        module = {"fastapi": "fastapi_plain", "litserve": "litserve_api", "bare": "bare_asgi"}[
+            self.kind
+        ]
         return [
             python, "-m", f"benchmarks.peers.{module}", str(folder / model),
             "--port", str(port), "--workers", str(self.workers),
