@@ -5,8 +5,9 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 
+import httpx
 import pytest
-from reliability_kit import Summary, spawn
+from reliability_kit import TIMEOUT, Summary, spawn
 from testkit import LiveServer, ServerFactory
 
 
@@ -33,3 +34,15 @@ def module_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     yield start
     for server in servers:
         server.stop(signal.SIGKILL if server.stopped else signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def server(module_server_factory: ServerFactory) -> LiveServer:
+    """One default server per module (the hostile-input suites share its state)."""
+    return module_server_factory()
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as c:
+        yield c

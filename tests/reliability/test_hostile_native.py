@@ -10,30 +10,18 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 from hostile_corpus import NATIVE, Case, by_kind, send
-from reliability_kit import TIMEOUT, Summary, native_error, proc_status, rss_mib
-from testkit import LiveServer, ServerFactory, png
+from reliability_kit import Summary, native_error, proc_status, rss_mib
+from testkit import LiveServer, png
 
 from model_export.datasets import Split
 
 # Filled as the cases run; the last test reads it.
 OUTCOMES: dict[str, tuple[Case, int | str, str | None]] = {}
 RAW_OUTCOMES: dict[str, str | None] = {}
-
-
-@pytest.fixture(scope="module")
-def server(module_server_factory: ServerFactory) -> LiveServer:
-    return module_server_factory()
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

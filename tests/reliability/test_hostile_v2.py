@@ -6,30 +6,17 @@ hang or a dropped connection; afterwards memory is where it was and good request
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import numpy as np
 import orjson
 import pytest
 from hostile_corpus import V2, Case, by_kind, send
-from reliability_kit import TIMEOUT, Summary, proc_status, rss_mib
-from testkit import LiveServer, ServerFactory
+from reliability_kit import Summary, proc_status, rss_mib
+from testkit import LiveServer
 
 from model_export.datasets import Split
 
 OUTCOMES: dict[str, tuple[Case, int | str, str | None]] = {}
-
-
-@pytest.fixture(scope="module")
-def server(module_server_factory: ServerFactory) -> LiveServer:
-    return module_server_factory()
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as c:
-        yield c
 
 
 def _infer(client: httpx.Client, images: np.ndarray) -> httpx.Response:
