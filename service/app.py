@@ -90,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(v2.router)
+    # Ahead of the APIRoute of the same path, which stays for the OpenAPI document.
+    app.router.routes.insert(0, models.CLASSIFY_ROUTE)
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/ui", StaticFiles(directory=STATIC_DIR), name="ui")
 

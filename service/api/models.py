@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+from starlette.routing import Route
 
 from service.api.responses import JSON
 from service.api.schemas import (
@@ -22,16 +24,17 @@ from service.api.schemas import (
     ModelList,
     ReceptiveFieldInfo,
 )
-from service.api.state import State
+from service.api.state import AppState, State
 from service.api.uploads import FIELD, read_uploads
 from service.dataplane import FeatureMap
 from service.errors import InvalidParameterError
 from service.repository import ModelEntry
 from service.visualize import feature_grid_png
 
-__all__ = ["model_info", "router"]
+__all__ = ["CLASSIFY_ROUTE", "classify_route", "model_info", "router"]
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+CLASSIFY_PATH = "/v1/models/{name}/classify"
 
 Version = Annotated[
     str | None, Query(pattern=r"^[0-9]{1,9}$", description="a version; default: the highest")
@@ -166,6 +169,42 @@ async def classify(
     version: Version = None,
     top_k: Annotated[int, Query(description="predictions per image (1..classes)")] = 5,
 ) -> JSON:
+    """The documented route; requests are served by ``classify_route`` (same code)."""
+    return await _classify(request, state, name, version, top_k)
+
+
+_VERSION = re.compile(r"^[0-9]{1,9}$")
+_INTEGER = re.compile(r"^\s*[+-]?[0-9]{1,18}\s*$")
+
+
+def _parameter_error(parameter: str, problem: str) -> InvalidParameterError:
+    """The error FastAPI's validation gives the documented route, shape and words."""
+    return InvalidParameterError(
+        f"{parameter}: {problem}", errors=[{"parameter": parameter, "problem": problem}]
+    )
+
+
+async def classify_route(request: Request) -> JSON:
+    """POST /v1/models/{name}/classify as a plain Starlette route: the hot path, without
+    FastAPI's dependency injection and validation (docs/performance.md measures it). Its
+    two query parameters are checked here as FastAPI checks the documented route's."""
+    query = request.query_params
+    version = query.get("version")
+    if version is not None and not _VERSION.match(version):
+        raise _parameter_error("version", f"String should match pattern '{_VERSION.pattern}'")
+    top_k = query.get("top_k", "5")
+    if not _INTEGER.match(top_k):
+        raise _parameter_error(
+            "top_k", "Input should be a valid integer, unable to parse string as an integer"
+        )
+    request.scope["route"] = CLASSIFY_ROUTE  # the endpoint label of the request metrics
+    state = request.app.state.cnnserve
+    return await _classify(request, state, request.path_params["name"], version, int(top_k))
+
+
+async def _classify(
+    request: Request, state: AppState, name: str, version: str | None, top_k: int
+) -> JSON:
     model = state.repository.get(name, version)
     uploads = await read_uploads(request, max_images=state.settings.max_images_per_request)
     labels = model.runtime.card.labels
@@ -249,3 +288,6 @@ async def feature_maps(
         return Response(_npy(maps[0].array), media_type="application/x-npy", headers=headers)
     body = {"model": name, "model_version": model.version, "layers": [_layer_json(m) for m in maps]}
     return JSON(body, headers=headers)
+
+
+CLASSIFY_ROUTE = Route(CLASSIFY_PATH, classify_route, methods=["POST"], include_in_schema=False)

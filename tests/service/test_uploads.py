@@ -1,0 +1,203 @@
+"""The one-pass multipart parser (service/api/uploads.py) and the lean classify route.
+
+The parser is checked against what real clients send (httpx's encoder, with any names,
+filenames and bytes), against hostile bodies (it may only raise the two domain errors),
+and the lean route against the documented FastAPI route it shadows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from testkit import MODELS, png
+
+from service.api import models
+from service.api.uploads import FIELD, Upload, parse_multipart
+from service.app import create_app
+from service.config import Settings
+from service.errors import InvalidParameterError, TooManyImagesError
+
+LIMIT = 8
+
+# Bytes that look like a boundary or a part break are the interesting ones inside a part.
+part_bytes = st.lists(
+    st.one_of(st.binary(max_size=64), st.sampled_from([b"\r\n", b"--", b"\r\n--", b"\r\n\r\n"])),
+    max_size=8,
+).map(b"".join)
+filenames = st.text(
+    st.characters(exclude_categories=("Cs", "Cc"), exclude_characters='"\\'),
+    min_size=1,
+    max_size=20,
+)
+field_names = st.sampled_from(["model", "top_k", "comment", "files", "File"])
+
+
+def encode(
+    files: list[tuple[str, bytes]], data: dict[str, str] | None = None, field: str = FIELD
+) -> tuple[bytes, str]:
+    """A body and Content-Type exactly as httpx (the SDK's transport) sends them."""
+    request = httpx.Request(
+        "POST",
+        "http://test/",
+        files=[(field, (name, content, "image/png")) for name, content in files],
+        data=data,
+    )
+    return request.read(), request.headers["content-type"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    files=st.lists(st.tuples(filenames, part_bytes), min_size=1, max_size=LIMIT),
+    data=st.dictionaries(field_names, st.text(max_size=10), max_size=3),
+)
+def test_what_a_client_sends_comes_back_in_order(
+    files: list[tuple[str, bytes]], data: dict[str, str]
+) -> None:
+    body, content_type = encode(files, data)
+    assert parse_multipart(body, content_type, max_images=LIMIT) == [
+        Upload(name, content) for name, content in files
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    files=st.lists(st.tuples(filenames, part_bytes), min_size=1, max_size=3),
+    cut=st.integers(min_value=0),
+    noise=st.binary(max_size=16),
+)
+def test_a_broken_body_is_a_domain_error_or_parts(
+    files: list[tuple[str, bytes]], cut: int, noise: bytes
+) -> None:
+    body, content_type = encode(files)
+    at = cut % (len(body) + 1)
+    broken = body[:at] + noise + body[at + len(noise) :]
+    try:
+        uploads = parse_multipart(broken, content_type, max_images=LIMIT)
+    except (InvalidParameterError, TooManyImagesError):
+        return
+    assert 1 <= len(uploads) <= LIMIT
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_are_a_domain_error_or_parts(body: bytes) -> None:
+    with contextlib.suppress(InvalidParameterError, TooManyImagesError):
+        parse_multipart(body, "multipart/form-data; boundary=x", max_images=LIMIT)
+
+
+def test_the_boundary_may_be_quoted() -> None:
+    body = b'--a b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\nDATA'
+    body += b"\r\n--a b--\r\n"
+    assert parse_multipart(body, 'multipart/form-data; boundary="a b"', max_images=1) == [
+        Upload("x.png", b"DATA")
+    ]
+
+
+def test_more_images_than_the_limit() -> None:
+    body, content_type = encode([("a.png", b"1")] * (LIMIT + 1))
+    with pytest.raises(TooManyImagesError):
+        parse_multipart(body, content_type, max_images=LIMIT)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "problem"),
+    [
+        (b"--x\r\n\r\n", "multipart/form-data", "no boundary"),
+        (b"", "multipart/form-data; boundary=" + "b" * 71, "longer than 70"),
+        (b"just bytes", "multipart/form-data; boundary=x", "no part"),
+        (
+            b'--x\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nabc',
+            "multipart/form-data; boundary=x",
+            "unterminated part",
+        ),
+        (
+            b"--x\r\nContent-Disposition: form-data" + b"; a=b" * 4000 + b"\r\n\r\n\r\n--x--",
+            "multipart/form-data; boundary=x",
+            "part headers",
+        ),
+        (b"--xjunk\r\n\r\n\r\n--x--", "multipart/form-data; boundary=x", "line break"),
+    ],
+)
+def test_malformed_bodies_say_what_is_wrong(body: bytes, content_type: str, problem: str) -> None:
+    with pytest.raises(InvalidParameterError, match=problem):
+        parse_multipart(body, content_type, max_images=LIMIT)
+
+
+def test_a_text_value_is_not_an_image() -> None:
+    body, content_type = encode([("a.png", b"1")], {FIELD: "not a file"}, field="other")
+    with pytest.raises(InvalidParameterError, match="file upload"):
+        parse_multipart(body, content_type, max_images=LIMIT)
+
+
+def test_no_image_names_the_fields_that_came() -> None:
+    body, content_type = encode([("a.png", b"1")], {"top_k": "3"}, field="image")
+    with pytest.raises(InvalidParameterError) as raised:
+        parse_multipart(body, content_type, max_images=LIMIT)
+    assert raised.value.detail == {"field": FIELD, "received": ["image", "top_k"]}
+
+
+# -- the lean route against the documented one ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clients() -> Iterator[tuple[TestClient, TestClient]]:
+    """The app as served, and the same app with only the documented FastAPI route."""
+    options = Settings(providers="cpu", model_dir=MODELS, models=["lenet5-fashion"])
+    served, documented = create_app(options), create_app(options)
+    documented.router.routes.remove(models.CLASSIFY_ROUTE)
+    assert models.CLASSIFY_ROUTE in served.router.routes
+    with TestClient(served) as lean, TestClient(documented) as full:
+        yield lean, full
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "top_k=3",
+        "top_k=%203",
+        "top_k=+2",
+        "top_k=abc",
+        "top_k=1e9",
+        "top_k=",
+        "top_k=0",
+        "top_k=11",
+        "top_k=-1",
+        "version=1",
+        "version=7",
+        "version=x1",
+        "version=1&top_k=x",
+        "top_k=2&top_k=4",
+    ],
+)
+def test_the_lean_route_answers_as_the_documented_one(
+    clients: tuple[TestClient, TestClient], query: str
+) -> None:
+    image = png(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28))
+    answers = [
+        client.post(
+            f"/v1/models/lenet5-fashion/classify?{query}",
+            files={FIELD: ("a.png", image, "image/png")},
+            headers={"X-Request-ID": "same"},
+        )
+        for client in clients
+    ]
+    lean, full = answers
+    assert (lean.status_code, lean.json()) == (full.status_code, full.json())
+
+
+def test_the_lean_route_is_counted_under_its_template(
+    clients: tuple[TestClient, TestClient],
+) -> None:
+    lean, _ = clients
+    lean.post("/v1/models/nope/classify", content=b"x", headers={"Content-Type": "image/png"})
+    metrics = lean.get("/metrics").text
+    assert 'endpoint="/v1/models/{name}/classify"' in metrics
+    assert "/v1/models/nope/classify" not in metrics
