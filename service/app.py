@@ -69,6 +69,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.draining = True
         state.repository.close()
         state.dataplane.executor.shutdown(wait=False, cancel_futures=True)
+        state.metrics.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

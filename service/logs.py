@@ -23,6 +23,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,  # which worker, with CNNSERVE_WORKERS > 1
         }
         entry |= {k: v for k, v in vars(record).items() if k not in _STANDARD}
         if record.exc_info:

@@ -6,6 +6,7 @@ import json
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -63,3 +64,56 @@ def test_sigterm_finishes_requests_in_flight_and_exits_zero(
     assert result == {"status": 200, "labels": {"espresso"}}, result
     assert server.process.wait(30) == 0
     assert "draining" in server.log()
+
+
+def _sample(metrics: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in metrics.splitlines():
+        sample, _, value = line.rpartition(" ")
+        key, _, rest = sample.partition("{")
+        if key == name and ",".join(sorted(rest.rstrip("}").split(","))) == wanted:
+            return float(value)
+    return 0.0
+
+
+def test_two_workers_share_requests_and_every_scrape_counts_both(
+    start_server: ServerFactory, photos: dict[str, bytes]
+) -> None:
+    server = start_server(workers=2, models="lenet5-fashion", log_level="info")
+    url = f"{server.url}/v1/models/lenet5-fashion/classify?top_k=1"
+    image = photos["chelsea"]
+
+    def classify(_: int) -> int:
+        with httpx.Client(timeout=30) as client:  # a new connection: the kernel picks a worker
+            return client.post(
+                url, content=image, headers={"Content-Type": "image/png"}
+            ).status_code
+
+    sent, workers = 0, set()
+    with ThreadPoolExecutor(8) as pool:
+        while len(workers) < 2 and sent < 2000:
+            assert set(pool.map(classify, range(40))) == {200}
+            sent += 40
+            time.sleep(0.2)  # the access line is written after the response
+            workers = {
+                entry["pid"]
+                for line in server.log().splitlines()
+                if line.startswith("{")
+                and (entry := json.loads(line)).get("path", "").endswith("/classify")
+            }
+    assert len(workers) == 2, f"one worker served all {sent} requests"
+
+    for _ in range(6):  # each scrape is answered by either worker: both must say the sum
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        endpoint = "/v1/models/{name}/classify"
+        requests = _sample(
+            metrics,
+            "cnnserve_requests_total",
+            endpoint=endpoint,
+            model="lenet5-fashion",
+            status="200",
+        )
+        assert requests == sent
+        assert _sample(metrics, "cnnserve_images_total", model="lenet5-fashion") == sent
+        assert httpx.get(f"{server.url}/health/ready", timeout=10).status_code == 200
+    assert server.stop() == 0
