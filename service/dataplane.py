@@ -39,8 +39,8 @@ __all__ = ["Classification", "DataPlane", "FeatureMap", "softmax", "top_k"]
 @dataclass(frozen=True)
 class Classification:
     filename: str | None
-    indices: np.ndarray  # top-k class indices, most probable first
-    probabilities: np.ndarray
+    indices: list[int]  # top-k class indices, most probable first
+    probabilities: list[float]
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and values of the k largest entries of each row, largest first (ties: the
     lower index first)."""
-    if probabilities.shape[-1] <= 64:  # a full sort of a few classes beats partitioning
-        indices = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
-    else:
-        part = np.argpartition(-probabilities, k - 1, axis=-1)[:, :k]
-        values = np.take_along_axis(probabilities, part, axis=-1)
-        order = np.argsort(-values, axis=-1, kind="stable")
-        indices = np.take_along_axis(part, order, -1)
-    return indices, np.take_along_axis(probabilities, indices, -1)
+    # One stable sort: partitioning first is faster for 1000 classes, but it picks among
+    # values tied at the k-th place in no particular order (microseconds against the
+    # milliseconds of a model that size).
+    indices = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
+    rows = np.arange(len(probabilities))[:, None]
+    return indices, probabilities[rows, indices]
 
 
 class _ImageFailure(Exception):
@@ -273,7 +271,7 @@ class DataPlane:
                 batch = await self._decode(model, images, opened, failure)
                 output = await self.infer(model, batch, ticket=ticket)
         probabilities = softmax(output) if model.runtime.card.output_kind == "logits" else output
-        indices, values = top_k(probabilities, k)
+        indices, values = (a.tolist() for a in top_k(probabilities, k))  # Python numbers
         return [Classification(name, indices[i], values[i]) for i, (name, _) in enumerate(images)]
 
     def resolve_layers(self, model: ModelVersion, names: Sequence[str]) -> list[Layer]:

@@ -219,7 +219,7 @@ async def _classify(
                 {
                     "filename": r.filename,
                     "predictions": [
-                        {"index": int(i), "label": labels[i], "probability": float(p)}
+                        {"index": i, "label": labels[i], "probability": p}
                         for i, p in zip(r.indices, r.probabilities, strict=True)
                     ],
                 }

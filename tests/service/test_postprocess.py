@@ -1,0 +1,51 @@
+"""softmax and top-k, the last step of every classification, against plain references."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from service.dataplane import softmax, top_k
+
+
+def reference_top_k(row: np.ndarray, k: int) -> list[int]:
+    """Largest first; equal values: the lower index first."""
+    return sorted(range(len(row)), key=lambda i: (-row[i], i))[:k]
+
+
+# Few distinct values, so that ties are common; both the sort and the partition branch.
+scores = st.integers(1, 6).flatmap(
+    lambda rows: st.sampled_from([10, 64, 65, 1000]).flatmap(
+        lambda classes: hnp.arrays(
+            np.float32, (rows, classes), elements=st.sampled_from([0.0, 0.25, 0.5, 1.0, 3.0])
+        )
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores=scores, k=st.integers(1, 10))
+def test_top_k_is_the_k_largest_largest_first(scores: np.ndarray, k: int) -> None:
+    indices, values = top_k(scores, k)
+    assert indices.shape == values.shape == (len(scores), k)
+    for row, got, value in zip(scores, indices, values, strict=True):
+        assert got.tolist() == reference_top_k(row, k)
+        assert value.tolist() == row[got].tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=2, max_dims=2, max_side=20),
+        elements=st.floats(-1e4, 1e4, width=32),
+    )
+)
+def test_softmax_rows_are_probabilities_in_the_order_of_the_logits(logits: np.ndarray) -> None:
+    probabilities = softmax(logits)
+    assert np.allclose(probabilities.sum(axis=-1), 1.0)
+    assert (probabilities >= 0).all()
+    order = np.argsort(logits, axis=-1, kind="stable")
+    assert (np.diff(np.take_along_axis(probabilities, order, -1), axis=-1) >= 0).all()
