@@ -19,12 +19,12 @@ from starlette.responses import Response
 from service.api.responses import JSON
 from service.errors import OverloadedError, ServiceError, status_for
 
-__all__ = ["error_response", "install_handlers"]
+__all__ = ["CLIENT_CLOSED", "error_response", "install_handlers"]
 
 log = logging.getLogger(__name__)
 # nginx's status for "the client closed the connection before the response": never sent (no
 # one is listening), but it is what the access log and the request metrics record.
-_CLIENT_CLOSED = 499
+CLIENT_CLOSED = 499
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -92,7 +92,7 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     server error, so no traceback, and no 500 in the metrics."""
     request_id = request.scope.get("state", {}).get("request_id", "")
     log.info("client disconnected before its request was read (request id %s)", request_id)
-    return Response(status_code=_CLIENT_CLOSED)
+    return Response(status_code=CLIENT_CLOSED)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSON:

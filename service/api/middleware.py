@@ -6,7 +6,9 @@ time; the health probes, CORS preflights and the web page's static files are ope
 body size limit (from ``Content-Length`` up front, and counted while streaming); the
 request deadline (``request_timeout_s`` from the request's arrival to the response's start:
 reading the body, decoding, queueing and inference all count, and what is still running is
-cancelled); security headers; one structured access-log line and the request metrics.
+cancelled); a client that hangs up while its request waits cancels it the same way (its
+images leave the batch queue: abandoned work must not hold capacity others need); security
+headers; one structured access-log line and the request metrics.
 Image bytes and keys are never logged.
 """
 
@@ -26,7 +28,7 @@ from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.handlers import error_response
+from service.api.handlers import CLIENT_CLOSED, error_response
 from service.api.state import AppState
 from service.errors import BodyTooLargeError
 
@@ -44,6 +46,9 @@ UNCOUNTED_PATHS = frozenset(
 # Loading a model is control-plane work that finishes whatever the caller does: a deadline
 # there would only tell the caller it failed while it goes on.
 NO_DEADLINE_PREFIXES = ("/v2/repository/",)
+# A request that has not answered this long after its body arrived starts listening for its
+# client hanging up: quicker ones never pay for the listener (a task per request).
+WATCH_AFTER_S = 0.05
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -100,6 +105,61 @@ def _disarm(deadline: asyncio.Timeout) -> None:
         deadline.reschedule(None)
 
 
+class _ClientWatch:
+    """The request's ``receive``, counting the body against the limit; once the body is in
+    and the request has waited ``WATCH_AFTER_S``, a task listens for the client hanging up
+    and, if it does before the response starts, expires the request's deadline: the app is
+    cancelled where it waits (the batcher drops its queued images) and ``gone`` is set."""
+
+    def __init__(self, receive: Receive, limit: int, deadline: asyncio.Timeout | None) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._seen = 0
+        self._deadline = deadline
+        self._body_done = False
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        if deadline is not None:  # no deadline, nothing to cancel with (model loads)
+            self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start)
+        self.responded = False
+        self.gone = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._seen += len(message.get("body", b""))
+            if self._seen > self._limit:
+                raise BodyTooLargeError(
+                    f"the body exceeds the limit of {self._limit} bytes", limit=self._limit
+                )
+            if not message.get("more_body", False):
+                self._body_done = True
+                if self._timer is None and self._deadline is not None:
+                    self._start()  # the wait was over before the body was in
+        return message
+
+    def _start(self) -> None:
+        self._timer = None
+        if self._body_done and self._task is None and not self.responded:
+            self._task = asyncio.ensure_future(self._listen())
+
+    async def _listen(self) -> None:
+        # With the body read, the server's next message is the disconnect (which it also
+        # sends once the response is complete: hence ``responded``).
+        message = await self._receive()
+        if message["type"] == "http.disconnect" and not self.responded:
+            assert self._deadline is not None
+            self.gone = True
+            with contextlib.suppress(RuntimeError):  # already expired or over
+                self._deadline.reschedule(asyncio.get_running_loop().time())
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+
 class ServiceMiddleware:
     def __init__(self, app: ASGIApp, *, state: AppState) -> None:
         self.app = app
@@ -115,12 +175,13 @@ class ServiceMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
         settings = self.state.settings
-        deadline = asyncio.timeout(
-            None if scope["path"].startswith(NO_DEADLINE_PREFIXES) else settings.request_timeout_s
-        )
+        control = scope["path"].startswith(NO_DEADLINE_PREFIXES)
+        deadline = asyncio.timeout(None if control else settings.request_timeout_s)
+        watch = _ClientWatch(receive, settings.max_body_bytes, None if control else deadline)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
+                watch.responded = True
                 _disarm(deadline)  # a response that has started is not cut off
                 status["code"] = message["status"]
                 headers = list(message.get("headers", []))
@@ -141,8 +202,11 @@ class ServiceMiddleware:
             if refusal is not None:
                 await refusal(scope, receive, send_wrapper)
             else:
-                await self._within(deadline, scope, receive, send_wrapper)
+                await self._within(deadline, scope, watch, send_wrapper)
+                if watch.gone:
+                    status["code"] = CLIENT_CLOSED
         finally:
+            watch.close()
             if counted:
                 metrics.inflight.dec()
             self._record(scope, status["code"], time.perf_counter() - started, request_id)
@@ -179,16 +243,18 @@ class ServiceMiddleware:
         return None
 
     async def _within(
-        self, deadline: asyncio.Timeout, scope: Scope, receive: Receive, send: Send
+        self, deadline: asyncio.Timeout, scope: Scope, watch: _ClientWatch, send: Send
     ) -> None:
-        """Run the app; past the deadline, cancel it and answer 504 ``deadline_exceeded``."""
-        limit = self.state.settings.max_body_bytes
+        """Run the app; past the deadline, cancel it and answer 504 ``deadline_exceeded``
+        (or nothing, when the client has gone)."""
         try:
             async with deadline:
-                await self.app(scope, self._limited(receive, limit), send)
+                await self.app(scope, watch.receive, send)
         except TimeoutError:
             if not deadline.expired():
                 raise  # the app's own, not ours
+            if watch.gone:
+                return
             seconds = self.state.settings.request_timeout_s
             response = error_response(
                 Request(scope),
@@ -197,24 +263,7 @@ class ServiceMiddleware:
                 f"the request did not finish within {seconds:g} s",
                 {"timeout_s": seconds},
             )
-            await response(scope, receive, send)
-
-    @staticmethod
-    def _limited(receive: Receive, limit: int) -> Receive:
-        seen = 0
-
-        async def counting() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLargeError(
-                        f"the body exceeds the limit of {limit} bytes", limit=limit
-                    )
-            return message
-
-        return counting
+            await response(scope, watch.receive, send)
 
     def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
         route = scope.get("route")

@@ -10,6 +10,7 @@ load drops.
 from __future__ import annotations
 
 import io
+import socket
 import time
 
 import httpx
@@ -209,4 +210,57 @@ def test_a_full_queue_sheds_with_retry_after_and_recovers_by_itself(
         assert error["code"] == "overloaded" and set(error) == {"code", "message", "detail"}
     assert recovered_after is not None and recovered_after < 5, "it did not recover"
     assert not any(gauges.values()), gauges
+    assert server.log().count("Traceback") == 0
+
+
+def test_clients_that_hang_up_leave_nothing_queued(
+    start_server: ServerFactory, photos: dict[str, bytes], summary: Summary
+) -> None:
+    """Clients that give up (their own timeout, a closed tab) while their requests wait: the
+    server notices the closed connections, drops their queued images, records 499, and the
+    capacity they held is free for the next client at once."""
+    clients, per_request = 8, 16
+    server = start_server(
+        max_batch_size=4, queue_capacity=clients * per_request, max_images_per_request=per_request
+    )
+    photo = _jpeg(photos["chelsea"])
+    request = httpx.Request(
+        "POST",
+        f"{server.url}/v1/models/{MOBILENET}/classify",
+        files=[("file", (f"{i}.jpg", photo, "image/jpeg")) for i in range(per_request)],
+    )
+    body = request.read()
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
+    raw = f"POST {request.url.raw_path.decode()} HTTP/1.1\r\n{head}\r\n".encode() + body
+    sockets = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(clients)]
+    for sock in sockets:
+        sock.sendall(raw)
+    time.sleep(0.3)  # every request is in: one running, the rest queued
+    for sock in sockets:
+        sock.close()
+    gauges = _settled(server)
+    text = httpx.get(f"{server.url}/metrics", timeout=TIMEOUT).text
+    ran = int(metric_value(text, "cnnserve_batch_size_sum", model=MOBILENET) or 0)
+    closed = metric_value(text, "cnnserve_requests_total", model=MOBILENET, status="499") or 0
+    after = httpx.post(
+        f"{server.url}/v1/models/{MOBILENET}/classify",
+        files=[("file", (f"{i}.jpg", photo, "image/jpeg")) for i in range(per_request)],
+        timeout=TIMEOUT,
+    )
+    sent = clients * per_request
+    summary.row(
+        "faults/clients-hang-up",
+        area="faults",
+        tried=f"{clients} clients send {per_request} photos each and close their connections "
+        "while the requests wait",
+        held=closed >= clients - 1 and ran < sent and after.status_code == 200,
+        recorded_499=closed,
+        images_run=ran,
+        images_sent=sent,
+        next_request_status=after.status_code,
+    )
+    assert closed >= clients - 1, f"{closed} of {clients} abandoned requests recorded as 499"
+    assert ran < sent, f"all {ran} images ran, most after their clients had gone"
+    assert not any(gauges.values()), gauges
+    assert after.status_code == 200, after.text
     assert server.log().count("Traceback") == 0
