@@ -91,11 +91,13 @@ def interleave(
             samples: dict[str, list[tuple[float, float, float, float]]] = {}
             for server in servers:
                 run_wrk(server.url, image, seconds=1, **load)  # warm up
+                server.settle()  # its leftovers must not run during the next one's turn
             for _ in range(rounds):
                 for server in servers:
                     cpu = server.cpu_seconds()
                     result = run_wrk(server.url, image, seconds=seconds, **load)
                     cpu = server.cpu_seconds() - cpu
+                    server.settle()
                     done = result.requests * images
                     samples.setdefault(server.spec.label, []).append(
                         (result.requests_per_s, done / cpu if cpu else 0.0, result.p50_ms,

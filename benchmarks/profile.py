@@ -105,6 +105,7 @@ def profile(
     with running(spec, model) as server:
         check_answer(server.url, model, image.read_bytes())
         run_wrk(server.url, image, connections=concurrency, seconds=2)  # warm up
+        server.settle()
         metrics_url = server.url.split("/v1/")[0] + "/metrics"
         stages_before, cpu_before = _stage_seconds(metrics_url), server.cpu_seconds()
         load: dict[str, Any] = {}

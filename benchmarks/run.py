@@ -136,9 +136,11 @@ def _measure(
             }
             if args.warmup > 0:
                 run_wrk(server.url, image, seconds=args.warmup, **load)
+            server.settle()  # each cell starts from an idle server
             cpu_before = server.cpu_seconds()
             result = run_wrk(server.url, image, seconds=seconds, **load)
             cpu = server.cpu_seconds() - cpu_before
+            server.settle()
             ok = result.requests - result.errors_by_kind.get("status", 0)
             cell = Cell(
                 table=table,

@@ -158,6 +158,21 @@ class Running:
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.process.pid)
 
+    def settle(self, timeout_s: float = 15.0, window_s: float = 0.1) -> float:
+        """Wait until the server is idle (under 5 % of a core for two windows in a row), and
+        return how long that took. When wrk stops, its connections close with requests in
+        flight, and a server that does not notice goes on with them: on a pinned core that
+        work would be charged to whatever is measured next."""
+        started = deadline = time.monotonic()
+        deadline += timeout_s
+        quiet, cpu = 0, self.cpu_seconds()
+        while quiet < 2 and time.monotonic() < deadline:
+            time.sleep(window_s)
+            now = self.cpu_seconds()
+            quiet = quiet + 1 if now - cpu < 0.05 * window_s else 0
+            cpu = now
+        return time.monotonic() - started
+
 
 def _wait_ready(server: Running, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
