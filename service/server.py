@@ -2,11 +2,13 @@
 
 On SIGTERM or SIGINT readiness turns 503 at once (``AppState.draining``), uvicorn stops
 accepting connections, requests in flight get up to ``drain_timeout_s`` to finish, and the
-process exits 0. With ``workers > 1`` uvicorn's supervisor runs that many processes, each
-building its own app from the environment; a worker accepts connections only once its models
-are loaded and warmed (uvicorn runs the lifespan first), and the Prometheus metrics of all
-workers are summed through prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``,
-a private temporary folder unless set).
+process exits 0. With ``workers > 1`` ``service.supervisor`` runs that many processes, each
+building its own app from the environment and listening on a socket of its own on the same
+port (``SO_REUSEPORT``: the kernel spreads connections over them); a worker listens only
+once its models are loaded and warmed (uvicorn runs the lifespan first), each drains as a
+single process does, and the Prometheus metrics of all workers are summed through
+prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a private temporary
+folder unless set).
 
 uvloop and httptools are asked for by name when installed (uvicorn's "auto" would pick them
 too, silently); httptools through a subclass that bounds a request's head (request line and
@@ -30,6 +32,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -44,8 +47,9 @@ from service.app import create_app
 from service.config import Settings
 from service.logs import configure_logging
 from service.runtime import usable_cores
+from service.supervisor import supervise
 
-__all__ = ["MAX_HEAD_BYTES", "serve", "worker_app"]
+__all__ = ["MAX_HEAD_BYTES", "serve"]
 
 log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; nginx's default allows 4 x 8 KiB
@@ -163,14 +167,6 @@ def _frozen_after_startup(app: FastAPI) -> FastAPI:
     return app
 
 
-def worker_app() -> FastAPI:
-    """The factory each worker process calls (``service.server:worker_app``): a spawned
-    process starts with Python's default logging, so it is configured here too."""
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
-    return _frozen_after_startup(create_app(settings))
-
-
 def _sized(settings: Settings) -> Settings:
     """``settings`` with 0 ("automatic") thread counts resolved: the usable cores divided
     among the workers, so that N processes never run N times as many threads as cores."""
@@ -221,16 +217,6 @@ def serve(settings: Settings) -> None:
         settings.decode_threads,
         usable_cores(),
     )
-    common: dict[str, Any] = {
-        **protocols,
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,
-        "access_log": False,
-        "timeout_graceful_shutdown": int(settings.drain_timeout_s) or None,
-        "server_header": False,
-        "proxy_headers": False,
-    }
     if settings.workers > 1:
         _multiprocess_metrics_dir()
         # Each worker process reads the same CNNSERVE_* environment.
@@ -240,7 +226,59 @@ def serve(settings: Settings) -> None:
                 for k, v in settings.model_dump(exclude={"api_keys", "cors_origins"}).items()
             }
         )
-        uvicorn.run("service.server:worker_app", factory=True, workers=settings.workers, **common)
+        port = settings.port or _free_port(settings.host)  # one port for every worker
+        status = supervise(
+            _worker,
+            (settings.host, port),
+            count=settings.workers,
+            stop_timeout_s=settings.drain_timeout_s + 10,
+        )
+        if status:
+            raise SystemExit(status)
         return
-    config = uvicorn.Config(_frozen_after_startup(create_app(settings)), **common)
+    config = uvicorn.Config(_frozen_after_startup(create_app(settings)), **_options(settings))
     _DrainingServer(config).run()
+
+
+def _options(settings: Settings) -> dict[str, Any]:
+    return {
+        **_protocols(),
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": int(settings.drain_timeout_s) or None,
+        "server_header": False,
+        "proxy_headers": False,
+    }
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A socket of this worker's own on ``host:port``, shared with the other workers by
+    ``SO_REUSEPORT``: the kernel spreads new connections over the workers' sockets (one
+    shared socket let the first worker to wake take them all). It listens once uvicorn
+    serves, after the lifespan: a worker still loading its models gets no connections."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _worker(host: str, port: int) -> None:
+    """One worker process (spawned by ``service.supervisor``): the app built from the
+    CNNSERVE_* environment, served on its own socket, drained like a single process."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    sock = _listening_socket(host, port)
+    config = uvicorn.Config(_frozen_after_startup(create_app(settings)), **_options(settings))
+    _DrainingServer(config).run(sockets=[sock])

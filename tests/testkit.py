@@ -29,6 +29,19 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """One sample of a Prometheus text exposition, or None when it is absent."""
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        series, _, value = line.rpartition(" ")
+        if series == name and not labels:
+            return float(value)
+        if series.startswith(name + "{") and all(f'{k}="{v}"' in series for k, v in labels.items()):
+            return float(value)
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -67,19 +67,6 @@ def v2_error(response: httpx.Response) -> str:
     return str(body["error"])
 
 
-def metric_value(text: str, name: str, **labels: str) -> float | None:
-    """One sample of a Prometheus text exposition, or None when it is absent."""
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        series, _, value = line.rpartition(" ")
-        if series == name and not labels:
-            return float(value)
-        if series.startswith(name + "{") and all(f'{k}="{v}"' in series for k, v in labels.items()):
-            return float(value)
-    return None
-
-
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0..100) by nearest rank; 0.0 for no values."""
     if not values:

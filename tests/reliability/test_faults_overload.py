@@ -23,11 +23,10 @@ from reliability_kit import (
     Call,
     LoadGenerator,
     Summary,
-    metric_value,
     native_error,
     v2_error,
 )
-from testkit import LiveServer, ServerFactory, png
+from testkit import LiveServer, ServerFactory, metric_value, png
 
 from model_export.datasets import Split
 
@@ -242,6 +241,7 @@ def test_clients_that_hang_up_leave_nothing_queued(
     text = httpx.get(f"{server.url}/metrics", timeout=TIMEOUT).text
     ran = int(metric_value(text, "cnnserve_batch_size_sum", model=MOBILENET) or 0)
     closed = metric_value(text, "cnnserve_requests_total", model=MOBILENET, status="499") or 0
+    answered = metric_value(text, "cnnserve_requests_total", model=MOBILENET, status="200") or 0
     after = httpx.post(
         f"{server.url}/v1/models/{MOBILENET}/classify",
         files=[("file", (f"{i}.jpg", photo, "image/jpeg")) for i in range(per_request)],
@@ -253,13 +253,19 @@ def test_clients_that_hang_up_leave_nothing_queued(
         area="faults",
         tried=f"{clients} clients send {per_request} photos each and close their connections "
         "while the requests wait",
-        held=closed >= clients - 1 and ran < sent and after.status_code == 200,
+        held=closed + answered == clients
+        and closed >= clients // 2
+        and ran < sent
+        and after.status_code == 200,
         recorded_499=closed,
+        answered_before_the_close=answered,
         images_run=ran,
         images_sent=sent,
         next_request_status=after.status_code,
     )
-    assert closed >= clients - 1, f"{closed} of {clients} abandoned requests recorded as 499"
+    # Those answered in the 0.3 s before the close are 200s; every other one is a 499.
+    assert closed + answered == clients, (closed, answered)
+    assert closed >= clients // 2, f"only {closed} of {clients} requests were still waiting"
     assert ran < sent, f"all {ran} images ran, most after their clients had gone"
     assert not any(gauges.values()), gauges
     assert after.status_code == 200, after.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -10,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from testkit import ServerFactory
+from testkit import ServerFactory, metric_value
 
 pytestmark = pytest.mark.slow
 
@@ -66,16 +67,6 @@ def test_sigterm_finishes_requests_in_flight_and_exits_zero(
     assert "draining" in server.log()
 
 
-def _sample(metrics: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in metrics.splitlines():
-        sample, _, value = line.rpartition(" ")
-        key, _, rest = sample.partition("{")
-        if key == name and ",".join(sorted(rest.rstrip("}").split(","))) == wanted:
-            return float(value)
-    return 0.0
-
-
 def test_two_workers_share_requests_and_every_scrape_counts_both(
     start_server: ServerFactory, photos: dict[str, bytes]
 ) -> None:
@@ -106,7 +97,7 @@ def test_two_workers_share_requests_and_every_scrape_counts_both(
     for _ in range(6):  # each scrape is answered by either worker: both must say the sum
         metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
         endpoint = "/v1/models/{name}/classify"
-        requests = _sample(
+        requests = metric_value(
             metrics,
             "cnnserve_requests_total",
             endpoint=endpoint,
@@ -114,6 +105,39 @@ def test_two_workers_share_requests_and_every_scrape_counts_both(
             status="200",
         )
         assert requests == sent
-        assert _sample(metrics, "cnnserve_images_total", model="lenet5-fashion") == sent
+        assert metric_value(metrics, "cnnserve_images_total", model="lenet5-fashion") == sent
         assert httpx.get(f"{server.url}/health/ready", timeout=10).status_code == 200
+    assert server.stop() == 0
+
+
+def test_a_worker_that_dies_is_replaced_and_the_service_goes_on(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server(workers=2, models="lenet5-fashion", log_level="info")
+
+    def started() -> list[int]:
+        return [
+            int(entry["message"].split()[-1])
+            for line in server.log().splitlines()
+            if line.startswith("{")
+            and (entry := json.loads(line))["message"].startswith("started worker")
+        ]
+
+    first = started()
+    assert len(first) == 2, server.log()
+    os.kill(first[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while len(started()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(started()) == 3, "no replacement worker was started"
+    while time.monotonic() < deadline:  # the replacement listens once its models are loaded
+        with httpx.Client(timeout=10) as client:
+            if client.get(f"{server.url}/health/ready").status_code == 200:
+                break
+    statuses = set()
+    for _ in range(40):  # new connections: the kernel spreads them over both workers
+        with httpx.Client(timeout=10) as client:
+            statuses.add(client.get(f"{server.url}/health/ready").status_code)
+    assert statuses == {200}
+    assert "restarting it" in server.log()
     assert server.stop() == 0
