@@ -127,6 +127,21 @@ def interleave(
     return rows
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The medians as the Markdown table docs/performance.md quotes."""
+    lines = [
+        "| variant | c | req/s | img/s | img/CPU-s | p50 ms | p99 ms |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for row in sorted(rows, key=lambda r: r["concurrency"]):  # stable: variants in order
+        lines.append(
+            f"| {row['variant']} | {row['concurrency']} | {row['requests_per_s']:,.0f} "
+            f"| {row['requests_per_s'] * row['images_per_request']:,.0f} "
+            f"| {row['images_per_cpu_s']:,.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=MODELS[0], choices=MODELS)
@@ -147,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.output:
         args.output.write_text(json.dumps(rows, indent=1) + "\n")
+    print(markdown(rows))
 
 
 if __name__ == "__main__":

@@ -130,10 +130,11 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
         f"{meta['onnxruntime']}, uvicorn {meta['uvicorn']}, LitServe {meta['litserve']}, "
         f"{meta['wrk']}. {meta['duration_s']:g} s per cell ({meta.get('slow_duration_s', 0):g} s "
         f"for mobilenet) after {meta['warmup_s']:g} s of warm-up. Load average (1 min) "
-        f"{start[0] if start else float('nan'):.2f} at the start, "
-        f"{end[0] if end else float('nan'):.2f} at the end: above 0.5 the machine was not quiet "
-        "and the throughput figures are provisional (images per CPU-second, `img/CPU-s`, "
-        "are much less affected: they divide by the CPU time the server actually got).",
+        f"{start[0] if start else float('nan'):.2f} at the start (above 0.5 the machine was "
+        "not quiet and the throughput figures are provisional; images per CPU-second, "
+        "`img/CPU-s`, are much less affected: they divide by the CPU time the server actually "
+        f"got); {end[0] if end else float('nan'):.2f} at the end, which is the bench's own "
+        "load: it keeps both cores busy.",
         "",
         "c: concurrent connections (wrk). CPU: the server's CPU time over the cell's length "
         "and its cores. RSS: summed over the server's processes. cnnserve runs with its "

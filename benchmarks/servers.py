@@ -158,7 +158,7 @@ class Running:
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.process.pid)
 
-    def settle(self, timeout_s: float = 15.0, window_s: float = 0.1) -> float:
+    def settle(self, timeout_s: float = 5.0, window_s: float = 0.1) -> float:
         """Wait until the server is idle (under 5 % of a core for two windows in a row), and
         return how long that took. When wrk stops, its connections close with requests in
         flight, and a server that does not notice goes on with them: on a pinned core that

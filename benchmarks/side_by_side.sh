@@ -1,0 +1,27 @@
+#!/bin/sh
+# `make bench-ab`: the side-by-side tables of docs/performance.md (benchmarks/results/ab-*.json;
+# each run also prints its Markdown table). ~10 minutes; run it on a quiet machine.
+#   before       service/ at 3f0f134, the last commit before issue 10's changes
+#   before-api   service/ at cc95978, before the one-pass multipart parser and lean route
+#   after        the working tree
+set -eu
+PY=${PY:-.venv/bin/python}
+OUT=benchmarks/results
+BEFORE=ref:3f0f134
+BEFORE_API=ref:cc95978
+set -x
+$PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 4 --seconds 2 \
+  --variant before=$BEFORE --variant before-api=$BEFORE_API --variant after=tree \
+  --variant plain=plain --variant litserve=litserve --output $OUT/ab-lenet.json
+$PY -m benchmarks.ab --model lenet5-fashion --images 64 --concurrency 1 8 --rounds 3 \
+  --seconds 3 --variant before=$BEFORE --variant before-api=$BEFORE_API --variant after=tree \
+  --variant plain=plain --output $OUT/ab-lenet-64.json
+$PY -m benchmarks.ab --model mobilenetv2-imagenet --concurrency 1 32 --rounds 3 --seconds 5 \
+  --variant before=$BEFORE --variant after=tree \
+  --variant plain=plain --variant litserve=litserve --output $OUT/ab-mobilenet.json
+$PY -m benchmarks.ab --model mobilenetv2-imagenet --concurrency 8 32 --rounds 3 --seconds 5 \
+  --variant decode-on-batcher=tree --variant decode-in-pool=tree,CNNSERVE_DECODE_THREADS=2 \
+  --output $OUT/ab-mobilenet-decode.json
+$PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 4 --seconds 2 \
+  --variant bare=bare --variant plain=plain --variant after=tree \
+  --output $OUT/ab-ceiling.json
