@@ -130,14 +130,23 @@ def test_a_worker_that_dies_is_replaced_and_the_service_goes_on(
     while len(started()) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(started()) == 3, "no replacement worker was started"
-    while time.monotonic() < deadline:  # the replacement listens once its models are loaded
-        with httpx.Client(timeout=10) as client:
-            if client.get(f"{server.url}/health/ready").status_code == 200:
-                break
+    replacement = started()[2]
+
+    def served_by() -> set[int]:
+        return {
+            entry["pid"]
+            for line in server.log().splitlines()
+            if line.startswith("{") and (entry := json.loads(line)).get("path") == "/health/ready"
+        }
+
     statuses = set()
-    for _ in range(40):  # new connections: the kernel spreads them over both workers
+    while replacement not in served_by() and time.monotonic() < deadline:
+        # New connections: the kernel spreads them over the workers that listen, and the
+        # replacement listens once its models are loaded.
         with httpx.Client(timeout=10) as client:
             statuses.add(client.get(f"{server.url}/health/ready").status_code)
+        time.sleep(0.05)
+    assert replacement in served_by(), "the replacement worker never answered"
     assert statuses == {200}
     assert "restarting it" in server.log()
     assert server.stop() == 0
