@@ -27,6 +27,15 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "**not met**")
 
 
+def _limit_row(
+    target: str, cell: dict[str, Any], limit: dict[str, Any], minimum: float, where: str = ""
+) -> tuple[str, str, str]:
+    """A target row: the cell's images/s as a share of the in-process limit's best."""
+    share = cell["images_per_s"] / limit["best_images_per_s"]
+    per_cpu = cell["images_per_cpu_s"] / limit["best_images_per_cpu_s"]
+    return target, f"{share:.0%} ({where}{per_cpu:.0%} per CPU-second)", _verdict(share >= minimum)
+
+
 def targets(report: dict[str, Any], memory: dict[str, Any] | None) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) for each target of issue 10 that the data covers."""
     cells = [c for c in report["cells"] if c["table"] == "one-core"]
@@ -51,24 +60,17 @@ def targets(report: dict[str, Any], memory: dict[str, Any] | None) -> list[tuple
         rows.append(("lenet c=32: > LitServe req/s", f"{ratio:.2f}x", _verdict(ratio > 1)))
     many = _best(cells, server="cnnserve", model=LENET, images_per_request=64)
     if many and LENET in limits:
-        share = many["images_per_s"] / limits[LENET]["best_images_per_s"]
-        per_cpu = many["images_per_cpu_s"] / limits[LENET]["best_images_per_cpu_s"]
         rows.append(
-            (
+            _limit_row(
                 "lenet 64 images/request: >= 50% of the in-process limit",
-                f"{share:.0%} (c={many['concurrency']}; {per_cpu:.0%} per CPU-second)",
-                _verdict(share >= 0.5),
+                many, limits[LENET], 0.5, f"c={many['concurrency']}; ",
             )
-        )
+        )  # fmt: skip
     mob = _find(cells, server="cnnserve", model=MOBILENET, concurrency=32, **one)
     if mob and MOBILENET in limits:
-        share = mob["images_per_s"] / limits[MOBILENET]["best_images_per_s"]
-        per_cpu = mob["images_per_cpu_s"] / limits[MOBILENET]["best_images_per_cpu_s"]
         rows.append(
-            (
-                "mobilenet c=32: >= 95% of the in-process limit",
-                f"{share:.0%} ({per_cpu:.0%} per CPU-second)",
-                _verdict(share >= 0.95),
+            _limit_row(
+                "mobilenet c=32: >= 95% of the in-process limit", mob, limits[MOBILENET], 0.95
             )
         )
         tail = mob["p99_ms"] / mob["p50_ms"] if mob["p50_ms"] else float("inf")

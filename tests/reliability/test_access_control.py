@@ -63,11 +63,6 @@ def keyed(module_server_factory: ServerFactory) -> LiveServer:
 
 
 @pytest.fixture(scope="module")
-def open_server(module_server_factory: ServerFactory) -> LiveServer:
-    return module_server_factory()
-
-
-@pytest.fixture(scope="module")
 def http(keyed: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=keyed.url, timeout=TIMEOUT) as client:
         yield client
@@ -177,8 +172,9 @@ def test_keys_never_appear_in_logs_responses_or_settings(
 
 
 def test_cors_is_off_unless_configured(
-    keyed: LiveServer, open_server: LiveServer, summary: Summary
+    keyed: LiveServer, server: LiveServer, summary: Summary
 ) -> None:
+    """``server``: the module's default one, without keys or CORS origins (conftest)."""
     preflight = {
         "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization",
@@ -187,11 +183,9 @@ def test_cors_is_off_unless_configured(
     # Not configured: no origin is allowed anything.
     for origin in (APP_ORIGIN, EVIL_ORIGIN):
         answer = httpx.options(
-            f"{open_server.url}/v1/models", headers=preflight | {"Origin": origin}, timeout=TIMEOUT
+            f"{server.url}/v1/models", headers=preflight | {"Origin": origin}, timeout=TIMEOUT
         )
-        plain = httpx.get(
-            f"{open_server.url}/v1/models", headers={"Origin": origin}, timeout=TIMEOUT
-        )
+        plain = httpx.get(f"{server.url}/v1/models", headers={"Origin": origin}, timeout=TIMEOUT)
         assert "access-control-allow-origin" not in answer.headers
         assert "access-control-allow-origin" not in plain.headers
         results[f"off/{origin}"] = answer.status_code

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -29,8 +28,7 @@ def test_serves_over_tcp_and_logs_json_without_image_bytes(
     assert response.status_code == 200
     assert response.json()["results"][0]["predictions"][0]["label"] == "Egyptian cat"
     assert server.stop() == 0
-    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    access = [line for line in lines if line.get("request_id") == "trace-42"]
+    access = [e for e in server.log_entries() if e.get("request_id") == "trace-42"]
     assert access and access[0]["status"] == 200 and access[0]["path"].endswith("/classify")
     assert photos["chelsea"][:64].hex() not in server.log()
 
@@ -87,10 +85,7 @@ def test_two_workers_share_requests_and_every_scrape_counts_both(
             sent += 40
             time.sleep(0.2)  # the access line is written after the response
             workers = {
-                entry["pid"]
-                for line in server.log().splitlines()
-                if line.startswith("{")
-                and (entry := json.loads(line)).get("path", "").endswith("/classify")
+                e["pid"] for e in server.log_entries() if e.get("path", "").endswith("/classify")
             }
     assert len(workers) == 2, f"one worker served all {sent} requests"
 
@@ -117,10 +112,9 @@ def test_a_worker_that_dies_is_replaced_and_the_service_goes_on(
 
     def started() -> list[int]:
         return [
-            int(entry["message"].split()[-1])
-            for line in server.log().splitlines()
-            if line.startswith("{")
-            and (entry := json.loads(line))["message"].startswith("started worker")
+            int(e["message"].split()[-1])
+            for e in server.log_entries()
+            if e["message"].startswith("started worker")
         ]
 
     first = started()
@@ -133,11 +127,7 @@ def test_a_worker_that_dies_is_replaced_and_the_service_goes_on(
     replacement = started()[2]
 
     def served_by() -> set[int]:
-        return {
-            entry["pid"]
-            for line in server.log().splitlines()
-            if line.startswith("{") and (entry := json.loads(line)).get("path") == "/health/ready"
-        }
+        return {e["pid"] for e in server.log_entries() if e.get("path") == "/health/ready"}
 
     statuses = set()
     while replacement not in served_by() and time.monotonic() < deadline:
