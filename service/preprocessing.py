@@ -1,8 +1,17 @@
 """Image bytes -> model input: decode safely, then colour, resize and normalise per model.json.
 
-Safety first: the canvas size is read from the header and checked against the pixel limit
-before any pixel is decoded; truncated files are refused (Pillow's LOAD_TRUNCATED_IMAGES
-stays off); animated images give their first frame; EXIF orientation is applied.
+Safety first, and every step's cost bounded by the pixels it produces:
+
+- the container's structure (chunks, segments, strips, metadata, EXIF) is checked before
+  Pillow parses it (``service.imagescan``), and PNG text is capped at the same budget;
+- the canvas size is read from the header and checked against the pixel limit before any
+  pixel is decoded; truncated files are refused (Pillow's LOAD_TRUNCATED_IMAGES stays off);
+- animated images give their first frame; EXIF orientation is applied by a transposition,
+  without re-serialising the EXIF block;
+- the image is resized in its own colour mode where that is cheaper than converting it
+  first (transparent and high-depth images), so a large upload is copied at most twice
+  (peak memory about 12 bytes per decoded pixel: ``DECODE_BYTES_PER_PIXEL``);
+- floating-point images must be finite: NaN or infinite pixels are refused.
 """
 
 from __future__ import annotations
@@ -14,13 +23,15 @@ import warnings
 from collections.abc import Iterator
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, PngImagePlugin, UnidentifiedImageError
 
 from service.errors import ImageTooLargeError, InvalidImageError
+from service.imagescan import MAX_METADATA_BYTES, check_structure
 from service.model_card import InputSpec
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "DECODE_BYTES_PER_PIXEL",
     "decode_image",
     "load_image",
     "open_image",
@@ -29,8 +40,27 @@ __all__ = [
 ]
 
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"})
+# Peak bytes of memory per pixel while one image is decoded and preprocessed (the decoded
+# canvas, one copy for a transposition or a premultiplied resize, a float32 view of a
+# high-depth image), measured by tests/service/test_preprocessing.py.
+DECODE_BYTES_PER_PIXEL = 12
 _FORMATS = tuple(sorted(ACCEPTED_FORMATS))
-_HIGH_DEPTH_MODES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
+_STRIP_PIXELS = 1 << 20  # a high-depth image is scanned this many pixels at a time
+_SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+_HIGH_DEPTH = _SIXTEEN_BIT | {"I", "F"}
+# EXIF orientation -> the transposition that shows the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Decompressed PNG text (tEXt, zTXt, iTXt) per image: the same budget as other metadata
+# (Pillow's default is 64 MiB, which 64 small PNGs turned into 4 GB).
+PngImagePlugin.MAX_TEXT_MEMORY = MAX_METADATA_BYTES
 
 
 @contextlib.contextmanager
@@ -50,10 +80,12 @@ def _decoding() -> Iterator[None]:
 
 
 def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Read only the header: an accepted format, a canvas within ``max_pixels``. No pixel is
-    decoded yet (``load_image`` does that), so ``image.size`` tells what decoding will cost."""
+    """Read only the header: an accepted format, a bounded structure, a canvas within
+    ``max_pixels``. No pixel is decoded yet (``load_image`` does that), so ``image.size``
+    tells what decoding will cost."""
     if not data:
         raise InvalidImageError("the image is empty (0 bytes)")
+    check_structure(data)
     with _decoding():
         with warnings.catch_warnings():  # Pillow only checks for bombs when it opens
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -73,14 +105,17 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
 
 
 def load_image(image: Image.Image) -> Image.Image:
-    """Decode an image from ``open_image``: its first frame, EXIF orientation applied."""
+    """Decode an image from ``open_image``: its first frame, shown upright (EXIF orientation
+    applied as a transposition; the EXIF block is read, never re-encoded)."""
     with _decoding():
         image.seek(0)  # the first frame of an animation
         image.load()
-        # exif_transpose returns a copy even when there is nothing to turn: skip it then.
-        if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+        upright = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+        if upright is None:
             return image
-        return ImageOps.exif_transpose(image) or image
+        turned = image.transpose(upright)
+        image.close()  # the decoded canvas: one copy at a time
+        return turned
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -88,21 +123,60 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     return load_image(open_image(data, max_pixels=max_pixels))
 
 
-def _to_mode(image: Image.Image, mode: str) -> Image.Image:
-    """Convert to "L" or "RGB": high-depth scaled, transparency composited onto black."""
-    if image.mode in _HIGH_DEPTH_MODES or image.mode in ("I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = _HIGH_DEPTH_MODES.get(image.mode) or max(float(array.max()), 1.0)
-        if image.mode == "I" and array.max() <= 255:
-            top = 255.0
-        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image if image.mode == mode else image.convert(mode)
+def _white_point(image: Image.Image) -> float:
+    """The value a high-depth image's white maps from: 65535 for 16-bit; for 32-bit integer
+    and float images their largest value (255 when an integer image stays within 8 bits).
+    Float images with NaN or infinite pixels are refused. Read in strips of rows, so that no
+    full-size copy of the image is made."""
+    if image.mode in _SIXTEEN_BIT:
+        return 65535.0
+    width, height = image.size
+    rows = max(1, _STRIP_PIXELS // width)
+    top = -np.inf
+    for y in range(0, height, rows):
+        strip = np.asarray(image.crop((0, y, width, min(y + rows, height))))
+        if image.mode == "F" and not np.isfinite(strip).all():
+            raise InvalidImageError(
+                "the image has NaN or infinite pixel values; floating-point images must be finite"
+            )
+        top = max(top, float(strip.max()))
+    if image.mode == "I" and top <= 255:
+        return 255.0
+    return max(top, 1.0)
+
+
+def _to_grey(image: Image.Image, white: float) -> Image.Image:
+    """A (small) high-depth image as 8-bit grey, ``white`` mapped to 255, negatives to 0."""
+    array = np.asarray(image, dtype=np.float32) * np.float32(255.0 / white)
+    np.clip(array, 0, 255, out=array)
+    return Image.fromarray(array.astype(np.uint8), "L")
+
+
+def _resizable(image: Image.Image, target: str) -> Image.Image:
+    """The image in a mode that is cheap to resize and exact to convert afterwards: L, LA,
+    RGB, RGBA, or a high-depth mode (scaled to grey after resizing)."""
+    mode = image.mode
+    if mode in _HIGH_DEPTH or mode in ("L", "LA", "RGBA"):
+        return image
+    if mode == "RGB":  # a grey model: 1 byte per pixel to resize instead of 4
+        return image.convert("L") if target == "L" else image
+    if mode in ("P", "PA"):
+        return image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
+    if mode == "La":
+        return image.convert("LA")
+    if mode == "RGBa":
+        return image.convert("RGBA")
+    if mode == "1":
+        return image.convert("L")
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+
+
+def _on_black(image: Image.Image) -> Image.Image:
+    """Transparency composited onto black (what the models saw in training: no alpha)."""
+    if image.mode not in ("LA", "RGBA"):
+        return image
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
 
 
 def _resize(image: Image.Image, spec: InputSpec) -> Image.Image:
@@ -157,7 +231,13 @@ def _normalisation(spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
 def to_tensor(image: Image.Image, spec: InputSpec, *, out: np.ndarray | None = None) -> np.ndarray:
     """A decoded image as the model's (C, H, W) float32 input, written into ``out`` (a row of
     a batch, say) when given: one pass from the uint8 pixels, no intermediate copies."""
-    image = _resize(_to_mode(image, spec.color_mode), spec)
+    white = _white_point(image) if image.mode in _HIGH_DEPTH else None
+    image = _resize(_resizable(image, spec.color_mode), spec)
+    if white is not None:
+        image = _to_grey(image, white)
+    image = _on_black(image)
+    if image.mode != spec.color_mode:
+        image = image.convert(spec.color_mode)
     pixels = np.asarray(image)
     hwc = pixels[:, :, None] if pixels.ndim == 2 else pixels
     if out is None:

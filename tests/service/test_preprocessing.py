@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ from PIL import Image
 
 from service.errors import ImageTooLargeError, InvalidImageError
 from service.model_card import InputSpec
-from service.preprocessing import decode_image, preprocess, to_tensor
+from service.preprocessing import DECODE_BYTES_PER_PIXEL, decode_image, preprocess, to_tensor
 
 GREY = InputSpec(color_mode="L", size=(28, 28), mean=(0.5,), std=(0.25,))
 IMAGENET = InputSpec(
@@ -141,3 +144,67 @@ def test_svg_and_other_formats_are_not_accepted() -> None:
         decode_image(svg, max_pixels=10**6)
     with pytest.raises(InvalidImageError):
         decode_image(encode(gradient(), "PPM"), max_pixels=10**6)
+
+
+_PEAK_SCRIPT = """
+import re, sys
+from pathlib import Path
+from service.model_card import InputSpec
+from service.preprocessing import decode_image, to_tensor
+
+data, target = Path(sys.argv[1]).read_bytes(), sys.argv[2]
+channels = 3 if target == "RGB" else 1
+spec = InputSpec(color_mode=target, size=(224, 224), mean=(0.5,) * channels,
+                 std=(0.25,) * channels, resize="center-crop", resize_shorter=256)
+
+def status(key):
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(key + r":\\s+(\\d+) kB", text).group(1)) * 1024
+
+to_tensor(decode_image(data, max_pixels=10**8), spec)  # imports, first-use allocations
+Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) is now the current RSS
+before = status("VmRSS")
+to_tensor(decode_image(data, max_pixels=10**8), spec)
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "target", "turned"),
+    [
+        ("RGBA", "PNG", "RGB", False),
+        ("LA", "PNG", "L", False),
+        ("P", "PNG", "RGB", False),
+        ("I;16", "PNG", "L", False),
+        ("F", "TIFF", "L", False),
+        ("CMYK", "JPEG", "RGB", False),
+        ("RGB", "JPEG", "RGB", True),
+    ],
+)
+def test_decoding_takes_at_most_the_stated_bytes_per_pixel(
+    tmp_path: Path, mode: str, fmt: str, target: str, turned: bool
+) -> None:
+    """DECODE_BYTES_PER_PIXEL, which sizes the process-wide decoding budget, holds for the
+    costliest colour modes and for an EXIF-turned photo: the peak memory of a second decode
+    in a fresh process (the first pays for imports and first-use allocations)."""
+    side = 3000
+    if mode == "I;16":
+        image = Image.fromarray(np.full((side, side), 20000, np.uint16))
+    elif mode == "F":
+        image = Image.fromarray(np.full((side, side), 0.5, np.float32))
+    else:
+        image = Image.new(mode, (side, side))
+    exif = Image.Exif()
+    if turned:
+        exif[0x0112] = 6
+    path = tmp_path / f"image.{fmt.lower()}"
+    path.write_bytes(encode(image, fmt, exif=exif))
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(path), target],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    per_pixel = int(result.stdout.strip()) / side**2
+    assert per_pixel <= DECODE_BYTES_PER_PIXEL, f"{mode} {fmt}: {per_pixel:.1f} bytes per pixel"
