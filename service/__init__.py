@@ -3,7 +3,7 @@
 Layers, each importing only those below it:
 
 - ``preprocessing``, ``graph`` (layers and receptive fields), ``runtime`` (sessions and
-  providers), ``v2codec``/``v2binding`` (protocol tensors) and ``visualize``: no HTTP;
+  providers), ``v2`` (the Open Inference Protocol without HTTP) and ``visualize``: no HTTP;
 - ``batching`` -> ``repository`` (models on disk, versions, load and unload);
 - ``dataplane``: classification, feature maps and tensor inference, still no HTTP;
 - ``api``: wire schemas, endpoint functions, routers, middleware and error handlers;

@@ -27,9 +27,11 @@ from service.api.middleware import ServiceMiddleware
 from service.api.state import AppState
 from service.config import Settings
 from service.dataplane import DataPlane
+from service.memory import return_large_buffers
 from service.metrics import Metrics
 from service.repository import BatchingConfig, ModelRepository
 from service.runtime import SessionConfig
+from service.v2.plane import V2Plane
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -39,6 +41,7 @@ VERSION = "0.1.0"
 
 
 def _build_state(settings: Settings) -> AppState:
+    return_large_buffers()
     metrics = Metrics()
     repository = ModelRepository(
         settings.model_dir,
@@ -53,7 +56,8 @@ def _build_state(settings: Settings) -> AppState:
     metrics.watch(repository)
     threads = settings.decode_threads or min(8, os.cpu_count() or 1)
     executor = ThreadPoolExecutor(threads, thread_name_prefix="decode")
-    return AppState(settings, DataPlane(settings, repository, metrics, executor), metrics)
+    dataplane = DataPlane(settings, repository, metrics, executor)
+    return AppState(settings, dataplane, metrics, V2Plane(dataplane, settings))
 
 
 @asynccontextmanager

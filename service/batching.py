@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import DeadlineExceededError, ModelUnavailableError, OverloadedError
+from service.errors import DeadlineExceededError, ModelRetiredError, OverloadedError
 
 __all__ = ["BatchObserver", "Batcher", "Incoming"]
 
@@ -180,7 +180,7 @@ class Batcher:
         with self._cond:
             self._settle(ticket)
             if self._closed:
-                raise ModelUnavailableError(f"model {self.name} is being unloaded")
+                raise ModelRetiredError(f"model {self.name} is being unloaded")
             if self._queued_images + len(item) > self.capacity and self._queued_images:
                 raise OverloadedError(
                     f"model {self.name} has {self._queued_images} images queued "

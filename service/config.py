@@ -37,6 +37,18 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * MiB, ge=1)
     max_images_per_request: int = Field(64, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    max_request_pixels: int = Field(
+        100_000_000, ge=1, description="pixels of all the images of one request together"
+    )
+    max_decoding_pixels: int = Field(
+        80_000_000,
+        ge=1,
+        description="pixels being decoded at once in a process, over all requests and threads "
+        "(memory: about 12 bytes each)",
+    )
+    max_response_bytes: int = Field(
+        16 * MiB, ge=1, description="the largest feature-map response to encode"
+    )
 
     # Dynamic batching.
     max_batch_size: int = Field(32, ge=1)

@@ -9,10 +9,13 @@ ServiceError                    code                    status
  +-- BodyTooLargeError          body_too_large          413
  +-- TooManyImagesError         too_many_images         413
  +-- ImageTooLargeError         image_too_large         413
+ +-- TooManyPixelsError         too_many_pixels         413
  +-- UnsupportedMediaTypeError  unsupported_media_type  415
  +-- ModelUnavailableError      model_unavailable       503
+ |    +-- ModelRetiredError      model_unavailable       503 (its version was swapped out)
  +-- OverloadedError            overloaded              503 (with Retry-After)
  +-- DeadlineExceededError      deadline_exceeded       504
+ +-- ModelOutputError           model_error             500 (NaN or infinite scores)
 
 Nothing here imports FastAPI: the model, runtime and repository code raise these, and the
 HTTP layer turns them into responses with ``status_for``.
@@ -29,10 +32,13 @@ __all__ = [
     "InvalidImageError",
     "InvalidParameterError",
     "ModelNotFoundError",
+    "ModelOutputError",
+    "ModelRetiredError",
     "ModelUnavailableError",
     "OverloadedError",
     "ServiceError",
     "TooManyImagesError",
+    "TooManyPixelsError",
     "UnauthorizedError",
     "UnknownLayerError",
     "UnsupportedMediaTypeError",
@@ -83,12 +89,23 @@ class ImageTooLargeError(ServiceError):
     code = "image_too_large"
 
 
+class TooManyPixelsError(ServiceError):
+    """The images of one request hold more pixels in all than one request may."""
+
+    code = "too_many_pixels"
+
+
 class UnsupportedMediaTypeError(ServiceError):
     code = "unsupported_media_type"
 
 
 class ModelUnavailableError(ServiceError):
     code = "model_unavailable"
+
+
+class ModelRetiredError(ModelUnavailableError):
+    """The version a request holds was swapped out (a reload) before its images queued: the
+    data plane retries on the version serving now."""
 
 
 class OverloadedError(ServiceError):
@@ -103,6 +120,12 @@ class DeadlineExceededError(ServiceError):
     code = "deadline_exceeded"
 
 
+class ModelOutputError(ServiceError):
+    """The model gave NaN or infinite scores for valid input: never served as probabilities."""
+
+    code = "model_error"
+
+
 _STATUS: dict[type[ServiceError], int] = {
     InvalidImageError: 400,
     InvalidParameterError: 400,
@@ -112,10 +135,12 @@ _STATUS: dict[type[ServiceError], int] = {
     BodyTooLargeError: 413,
     TooManyImagesError: 413,
     ImageTooLargeError: 413,
+    TooManyPixelsError: 413,
     UnsupportedMediaTypeError: 415,
     ModelUnavailableError: 503,
     OverloadedError: 503,
     DeadlineExceededError: 504,
+    ModelOutputError: 500,
 }
 
 

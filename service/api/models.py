@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import re
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -205,16 +205,16 @@ async def classify_route(request: Request) -> JSON:
 async def _classify(
     request: Request, state: AppState, name: str, version: str | None, top_k: int
 ) -> JSON:
-    model = state.repository.get(name, version)
+    model = state.dataplane.model(name, version)  # unknown or unavailable: before the body
     uploads = await read_uploads(request, max_images=state.settings.max_images_per_request)
-    labels = model.runtime.card.labels
-    results = await state.dataplane.classify(
-        model, [(u.filename, u.data) for u in uploads], k=top_k
+    served, results = await state.dataplane.classify(
+        model, [(u.filename, u.data) for u in uploads], k=top_k, version=version
     )
+    labels = served.runtime.card.labels
     return JSON(
         {
             "model": name,
-            "model_version": model.version,
+            "model_version": served.version,
             "results": [
                 {
                     "filename": r.filename,
@@ -272,22 +272,42 @@ async def feature_maps(
     layer: Annotated[list[str], Query(description="layer name; repeatable")] = [],  # noqa: B006
     format: Annotated[Literal["json", "png", "npy"], Query()] = "json",
 ) -> Response:
-    model = state.repository.get(name, version)
+    model = state.dataplane.model(name, version)
     layers = state.dataplane.resolve_layers(model, layer)
     if format != "json" and len(layers) != 1:
         raise InvalidParameterError(
             f"format={format} takes exactly one layer, got {len(layers)}", parameter="layer"
         )
+    limit = state.settings.max_response_bytes
+    _check_response_size(state.dataplane.activation_bytes(layers), format, limit)
     uploads = await read_uploads(request, max_images=1)
     maps = await state.dataplane.feature_maps(model, uploads[0].data, layers)
+    _check_response_size(sum(m.array.nbytes for m in maps), format, limit)
     headers = {"X-Model-Version": model.version}
     if format == "png":
-        png = await run_in_threadpool(feature_grid_png, maps[0].array)
+        png = await state.dataplane.run_in_pool(functools.partial(feature_grid_png, maps[0].array))
         return Response(png, media_type="image/png", headers=headers)
     if format == "npy":
         return Response(_npy(maps[0].array), media_type="application/x-npy", headers=headers)
-    body = {"model": name, "model_version": model.version, "layers": [_layer_json(m) for m in maps]}
+    layers_json = await state.dataplane.run_in_pool(lambda: [_layer_json(m) for m in maps])
+    body = {"model": name, "model_version": model.version, "layers": layers_json}
     return JSON(body, headers=headers)
+
+
+def _check_response_size(activation_bytes: int | None, format: str, limit: int) -> None:
+    """Refuse a feature-map request whose response would pass ``limit`` bytes (JSON carries
+    the activations in base64: 4/3 of their bytes; a PNG grid is at most 2048 pixels wide)."""
+    if activation_bytes is None or format == "png":
+        return
+    size = activation_bytes * 4 // 3 if format == "json" else activation_bytes
+    if size > limit:
+        raise InvalidParameterError(
+            f"the layers asked for make a response of about {size} bytes; the limit is "
+            f"{limit} (CNNSERVE_MAX_RESPONSE_BYTES): ask for fewer or later layers",
+            parameter="layer",
+            response_bytes=size,
+            limit=limit,
+        )
 
 
 CLASSIFY_ROUTE = Route(CLASSIFY_PATH, classify_route, methods=["POST"], include_in_schema=False)

@@ -11,6 +11,7 @@ from service.config import Settings
 from service.dataplane import DataPlane
 from service.metrics import Metrics
 from service.repository import ModelRepository
+from service.v2.plane import V2Plane
 
 __all__ = ["AppState", "State", "get_state"]
 
@@ -20,6 +21,7 @@ class AppState:
     settings: Settings
     dataplane: DataPlane
     metrics: Metrics
+    v2: V2Plane
     loading: bool = True  # until start-up has tried every model
     draining: bool = False  # from SIGTERM on: not ready, finishing what is in flight
 

@@ -1,4 +1,5 @@
-"""Images out of a request: multipart ``file`` fields, or one raw ``image/*`` body."""
+"""Bodies out of a request: bounded reads, and images as multipart ``file`` fields or one raw
+``image/*`` body."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
 from service.errors import (
+    BodyTooLargeError,
     InvalidParameterError,
     TooManyImagesError,
     UnsupportedMediaTypeError,
 )
 
-__all__ = ["FIELD", "Upload", "parse_multipart", "read_uploads"]
+__all__ = ["FIELD", "Upload", "parse_multipart", "read_body", "read_uploads"]
 
 FIELD = "file"
 RAW_TYPES = ("application/octet-stream",)
@@ -120,3 +122,22 @@ async def read_uploads(request: Request, *, max_images: int) -> list[Upload]:
         f"field {FIELD!r}, or a raw body with Content-Type image/* or application/octet-stream",
         content_type=media or None,
     )
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The whole body, refused with body_too_large as soon as it passes ``limit`` bytes (a
+    route's own limit, below the service-wide one the middleware enforces)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(
+            f"the body is {declared} bytes; this endpoint takes at most {limit}", limit=limit
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(
+                f"the body exceeds the {limit} bytes this endpoint takes", limit=limit
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)

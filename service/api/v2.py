@@ -1,37 +1,32 @@
-"""The Open Inference Protocol (KServe V2) over REST, on the same data plane as /v1.
+"""The Open Inference Protocol (KServe V2) over REST: HTTP mapped onto ``service.v2.plane``.
 
 Health, server and model metadata, and inference with JSON or binary tensors (Triton's
 ``binary_tensor_data`` extension), plus Triton's ``classification``, ``model_repository``
 and ``model_configuration`` extensions, so Triton's and KServe's clients work unchanged.
-Tensors are read and written by ``service.v2codec``; inference goes through
-``DataPlane.infer`` and the model's batcher, exactly as the native API's does.
-
-The batch (dimension 0 of the input) may be 1 to ``max_images_per_request`` (64 by default,
-the ``max_batch_size`` of the exported ``config.pbtxt``), and a tensor may hold at most
-``max_body_bytes`` elements (one byte each is the densest a body can carry), which is
-checked before anything is allocated.
+Everything the protocol means lives in ``service.v2``; this module reads paths, headers and
+bodies, and writes responses. An ``/infer`` body is read up to what the model can take
+(``V2Plane.body_limit``) and no further.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import numpy as np
-import onnxruntime as ort
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from service.api.health import health_report
 from service.api.responses import JSON
 from service.api.state import AppState, State
-from service.api.v2_schemas import (
+from service.api.uploads import read_body
+from service.errors import InvalidParameterError, ModelNotFoundError
+from service.repository import ModelEntry, ModelState
+from service.v2.plane import EXTENSIONS
+from service.v2.schemas import (
     LoadResponse,
-    MetadataTensor,
     ModelConfig,
-    ModelConfigTensor,
     ModelMetadata,
     ModelReady,
     RepositoryModel,
@@ -41,65 +36,18 @@ from service.api.v2_schemas import (
     UnloadResponse,
     V2Error,
 )
-from service.errors import InvalidParameterError, ModelNotFoundError, ModelUnavailableError
-from service.repository import ModelEntry, ModelState, ModelVersion
-from service.runtime import ModelRuntime
-from service.v2binding import TensorSpec, bind_input, classification, select_outputs
-from service.v2codec import (
-    InferRequest,
-    OutputTensor,
-    RequestedOutput,
-    decode_body,
-    decode_request,
-    encode_response,
-    parse_json_object,
-)
+from service.v2.wire import parse_json_object
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
-PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
-_ORT_TYPES = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(bfloat16)": "BF16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-}
-
 Version = Annotated[str, Path(pattern=r"^[0-9]{1,9}$", description="a model version")]
-T = TypeVar("T")
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": V2Error} for status in statuses}
-
-
-def _spec(node: ort.NodeArg) -> TensorSpec:
-    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
-    return TensorSpec(node.name, _ORT_TYPES.get(node.type, node.type), shape)
-
-
-def _specs(runtime: ModelRuntime) -> tuple[TensorSpec, list[TensorSpec]]:
-    """The model's input and its outputs (the runtime serves its first output)."""
-    return _spec(runtime.input), [_spec(runtime.output)]
-
-
-async def _in_pool(state: AppState, call: Callable[[], T]) -> T:
-    """CPU work on request bodies runs in the decode pool, never on the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(state.dataplane.executor, call)
 
 
 # -- health and metadata -----------------------------------------------------------------
@@ -158,28 +106,6 @@ async def model_version_ready(state: State, name: str, version: Version) -> JSON
     return _model_ready(state, name, version)
 
 
-def _metadata_tensor(spec: TensorSpec) -> MetadataTensor:
-    return MetadataTensor(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
-
-
-def _metadata(state: AppState, name: str, version: str | None) -> JSON:
-    model = state.repository.get(name, version)
-    entry = state.repository.entry(name)
-    inp, outputs = _specs(model.runtime)
-    body = ModelMetadata(
-        name=name,
-        versions=sorted(entry.versions, key=int),
-        platform=PLATFORM,
-        inputs=[
-            MetadataTensor(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in [inp]
-        ],
-        outputs=[
-            MetadataTensor(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in outputs
-        ],
-    )
-    return JSON(body.model_dump())
-
-
 @router.get(
     "/models/{name}",
     response_model=ModelMetadata,
@@ -187,7 +113,7 @@ def _metadata(state: AppState, name: str, version: str | None) -> JSON:
     responses=_errors(400, 404, 503),
 )
 async def model_metadata(state: State, name: str) -> JSON:
-    return _metadata(state, name, None)
+    return JSON(state.v2.metadata(name, None).model_dump())
 
 
 @router.get(
@@ -197,31 +123,7 @@ async def model_metadata(state: State, name: str) -> JSON:
     responses=_errors(400, 404, 503),
 )
 async def model_version_metadata(state: State, name: str, version: Version) -> JSON:
-    return _metadata(state, name, version)
-
-
-def _config(state: AppState, name: str, version: str | None) -> JSON:
-    model = state.repository.get(name, version)
-    inp, outputs = _specs(model.runtime)
-    has_labels = (state.repository.model_dir / name / "labels.txt").is_file()
-
-    def tensor(spec: TensorSpec, labels: bool = False) -> ModelConfigTensor:
-        return ModelConfigTensor(
-            name=spec.name,
-            data_type=f"TYPE_{'STRING' if spec.datatype == 'BYTES' else spec.datatype}",
-            dims=list(spec.shape[1:]),
-            label_filename="labels.txt" if labels and has_labels else None,
-        )
-
-    body = ModelConfig(
-        name=name,
-        platform=PLATFORM,
-        backend="onnxruntime",
-        max_batch_size=state.settings.max_images_per_request,
-        input=[tensor(inp)],
-        output=[tensor(spec, labels=True) for spec in outputs],
-    )
-    return JSON(body.model_dump(exclude_none=True))
+    return JSON(state.v2.metadata(name, version).model_dump())
 
 
 @router.get(
@@ -231,7 +133,7 @@ def _config(state: AppState, name: str, version: str | None) -> JSON:
     responses=_errors(400, 404, 503),
 )
 async def model_config(state: State, name: str) -> JSON:
-    return _config(state, name, None)
+    return JSON(state.v2.config(name, None).model_dump(exclude_none=True))
 
 
 @router.get(
@@ -241,68 +143,21 @@ async def model_config(state: State, name: str) -> JSON:
     responses=_errors(400, 404, 503),
 )
 async def model_version_config(state: State, name: str, version: Version) -> JSON:
-    return _config(state, name, version)
+    return JSON(state.v2.config(name, version).model_dump(exclude_none=True))
 
 
 # -- inference ---------------------------------------------------------------------------
 
 
-def _decode(state: AppState, body: bytes, encoding: str | None, header: str | None) -> InferRequest:
-    limit = state.settings.max_body_bytes
-    return decode_request(decode_body(body, encoding, limit=limit), header, max_elements=limit)
-
-
-async def _prepare(
-    state: AppState, model: ModelVersion, decoded: InferRequest
-) -> tuple[np.ndarray, list[RequestedOutput]]:
-    inp, outputs = _specs(model.runtime)
-    wanted = select_outputs(decoded, outputs, classes=len(model.runtime.card.labels))
-    limit = state.settings.max_images_per_request
-    batch = await _in_pool(state, functools.partial(bind_input, decoded, inp, max_batch=limit))
-    return batch, wanted
-
-
-async def _run(
-    state: AppState, name: str, version: str | None, decoded: InferRequest
-) -> tuple[ModelVersion, np.ndarray, list[RequestedOutput]]:
-    """Infer on the version serving now; if it was swapped out (``load``) while this request
-    waited, run on its replacement instead of failing."""
-    model = state.repository.get(name, version)
-    batch, wanted = await _prepare(state, model, decoded)
-    try:
-        return model, await state.dataplane.infer(model, batch), wanted
-    except ModelUnavailableError:
-        fresh = state.repository.get(name, version)
-        if fresh is model:
-            raise
-    batch, wanted = await _prepare(state, fresh, decoded)
-    return fresh, await state.dataplane.infer(fresh, batch), wanted
-
-
-def _output(model: ModelVersion, logits: np.ndarray, out: RequestedOutput) -> OutputTensor:
-    if out.classification:
-        strings = classification(logits, out.classification, model.runtime.card.labels)
-        return OutputTensor(out.name, "BYTES", strings, bool(out.binary))
-    return OutputTensor(out.name, _spec(model.runtime.output).datatype, logits, bool(out.binary))
-
-
 async def _infer(request: Request, state: AppState, name: str, version: str | None) -> Response:
-    state.repository.get(name, version)  # unknown or unavailable: say so before reading a body
-    body = await request.body()
-    decoded = await _in_pool(
-        state,
-        functools.partial(
-            _decode,
-            state,
-            body,
-            request.headers.get("content-encoding"),
-            request.headers.get(HEADER_LENGTH),
-        ),
-    )
-    model, logits, wanted = await _run(state, name, version, decoded)
-    outputs = [_output(model, logits, out) for out in wanted]
-    content, header_length = encode_response(
-        model_name=name, model_version=model.version, request_id=decoded.id, outputs=outputs
+    model = state.dataplane.model(name, version)  # unknown or unavailable: before the body
+    body = await read_body(request, limit=state.v2.body_limit(model))
+    content, header_length = await state.v2.infer(
+        model,
+        version,
+        body,
+        encoding=request.headers.get("content-encoding"),
+        header_length=request.headers.get(HEADER_LENGTH),
     )
     if header_length is None:
         return Response(content, media_type="application/json")

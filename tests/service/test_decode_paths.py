@@ -15,9 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from testkit import MODELS
 
+from service import dataplane
 from service.app import create_app
 from service.config import Settings
-from service.dataplane import DataPlane
+from service.decoding import decode_rows
 
 MODEL = "mobilenetv2-imagenet"
 
@@ -28,16 +29,13 @@ def served(
 ) -> Iterator[tuple[TestClient, list[str], int]]:
     """A client, and the names of the threads that decoded each image since the last call."""
     threads: list[str] = []
-    prepare_rows = DataPlane._prepare_rows
 
-    def recording(self: DataPlane, model: Any, images: Any, out: Any, start: int) -> None:
-        threads.extend(threading.current_thread().name for _ in images)
-        prepare_rows(self, model, images, out, start)
+    def recording(opened: list[Any], *args: Any, **kwargs: Any) -> None:
+        threads.extend(threading.current_thread().name for image in opened if image is not None)
+        decode_rows(opened, *args, **kwargs)
 
-    monkeypatch.setattr(DataPlane, "_prepare_rows", recording)
-    settings = Settings(
-        providers="cpu", model_dir=MODELS, models=[MODEL], decode_threads=request.param
-    )
+    monkeypatch.setattr(dataplane, "decode_rows", recording)
+    settings = Settings(providers="cpu", model_dir=MODELS, decode_threads=request.param)
     with TestClient(create_app(settings)) as client:
         yield client, threads, request.param
 

@@ -19,10 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.errors import BodyTooLargeError
-from service.v2binding import TensorSpec, bind_input, classification, select_outputs
-from service.v2codec import (
+from service.v2.binding import TensorSpec, bind_input, classification, select_outputs
+from service.v2.tensors import (
     DATATYPES,
     CodecError,
+    tensor_from_bytes,
+    tensor_from_json,
+    tensor_to_bytes,
+    tensor_to_json,
+)
+from service.v2.wire import (
     InferRequest,
     InputTensor,
     OutputTensor,
@@ -30,10 +36,6 @@ from service.v2codec import (
     decode_body,
     decode_request,
     encode_response,
-    tensor_from_bytes,
-    tensor_from_json,
-    tensor_to_bytes,
-    tensor_to_json,
 )
 
 LIMIT = 1 << 20
@@ -233,7 +235,8 @@ SPEC = TensorSpec("input", "FP32", (-1, 1, 2, 2))
 
 
 def _request(array: np.ndarray, datatype: str = "FP32", name: str = "input") -> InferRequest:
-    return InferRequest(None, [InputTensor(name, datatype, array.shape, array)], None)
+    raw = memoryview(tensor_to_bytes(array, datatype))
+    return InferRequest(None, [InputTensor(name, datatype, array.shape, raw=raw)], None)
 
 
 @pytest.mark.parametrize("datatype", ["FP16", "FP64", "INT8", "UINT16", "INT64"])

@@ -1,7 +1,7 @@
 """Wire schemas of the Open Inference Protocol (KServe V2) and Triton's extensions.
 
 Field names are the protocol's; they document the OpenAPI schema and shape the JSON that the
-``/v2`` endpoints return. Inference bodies are not here: ``service.v2codec`` reads and
+``/v2`` endpoints return. Inference bodies are not here: ``service.v2.wire`` reads and
 writes those (JSON plus binary tensor data is not something pydantic should parse).
 """
 
