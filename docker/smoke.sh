@@ -3,11 +3,14 @@
 #
 # Starts a private dockerd (socket, data and exec roots in a temp folder; nothing else on the
 # machine is touched), makes sure python:3.11-slim exists (docker/base-image.sh builds a
-# stand-in when it cannot be pulled), builds the image, then runs tests/docker with pytest:
+# stand-in when it cannot be pulled), builds the images, then runs tests/docker with pytest:
 # hadolint, `docker-compose config` of every profile, and the container checks (healthy,
 # non-root, classifies a real photo through the published port, drains an in-flight request
-# on `docker-compose down` and exits 0). The engine is stopped by its PID whatever happened;
-# exit status non-zero when any step or check failed.
+# on `docker-compose down` and exits 0). The builds: the cpu service with `docker-compose build`
+# and the classic builder (DOCKER_BUILDKIT=0), in an engine that has no CUDA image and cannot
+# pull one, so it fails if the cpu target reaches the gpu stages; then a plain `docker build .`
+# with BuildKit, which pytest compares with the cpu image (the default target). The engine is
+# stopped by its PID whatever happened; exit status non-zero when any step or check failed.
 #
 # Needs root, Debian's docker.io and debootstrap (the make target installs them) and the dev
 # extra in .venv. Environment:
@@ -25,6 +28,7 @@ BIN=${BIN:-.venv/bin}
 DOCKER=${DOCKER:-/usr/bin/docker}
 export CNNSERVE_DOCKER_CACHE=${CNNSERVE_DOCKER_CACHE-/var/cache/cnnserve-docker}
 IMAGE=cnnserve:cpu
+DEFAULT_IMAGE=cnnserve:default
 
 started=$SECONDS
 step_started=$SECONDS
@@ -122,22 +126,67 @@ done
 step "base image python:3.11-slim"
 bash docker/base-image.sh "$work"
 
-# A plain `docker build .`: the default target must be cpu (the last stage).
-step "docker build -t $IMAGE ."
-if ! DOCKER_BUILDKIT=1 BUILDKIT_PROGRESS=plain "$DOCKER" build "${build_args[@]+"${build_args[@]}"}" \
-  -t "$IMAGE" . >"$work/build.log" 2>&1; then
-  tail -n 60 "$work/build.log"
+# The gpu target's CUDA base image. It is never in this engine and cannot be pulled here; on an
+# engine that could pull it, its appearance would show that a cpu build reached for it.
+cuda_image=$(sed -n 's/^ARG CUDA_IMAGE=//p' Dockerfile)
+[ -n "$cuda_image" ] || { log "no ARG CUDA_IMAGE= in the Dockerfile"; exit 1; }
+no_cuda_image() {
+  if "$DOCKER" image inspect "$cuda_image" >/dev/null 2>&1; then
+    log "$cuda_image is in the engine $1"
+    exit 1
+  fi
+}
+# Which builder made an image: BuildKit writes buildkit.dockerfile.v0 as the comment of each
+# step it adds, the classic builder none.
+builder_of() {
+  local comments
+  comments=$("$DOCKER" history --no-trunc --format '{{.Comment}}' "$1") || return 1
+  if grep -q buildkit <<<"$comments"; then echo buildkit; else echo classic; fi
+}
+build() {
+  local log_file=$1
+  shift
+  if ! BUILDKIT_PROGRESS=plain "$@" >"$log_file" 2>&1; then
+    tail -n 60 "$log_file"
+    return 1
+  fi
+  grep -E 'Successfully installed' "$log_file" | sed 's/^#[0-9]* [0-9.]* /  /' || true
+}
+
+# `docker compose up --build` of the cpu service as Compose without buildx runs it: the classic
+# builder, which walks every stage above the target (cpu), so this fails if any of them needs
+# the CUDA image. Compose sends the engine the same build as `DOCKER_BUILDKIT=0 docker build
+# --target cpu`. The image is the one pytest runs (`up --no-build`).
+step "classic builder: DOCKER_BUILDKIT=0 docker-compose build cnnserve (target cpu)"
+no_cuda_image "before any build"
+if ! DOCKER_BUILDKIT=0 CNNSERVE_IMAGE="$IMAGE" build "$work/build-classic.log" \
+  "$BIN/docker-compose" build "${build_args[@]+"${build_args[@]}"}" cnnserve; then
+  log "the classic builder cannot build the cpu target without $cuda_image:"
+  log "are gpu stages above it? (tests/docker/test_dockerfile_stages.py)"
   exit 1
 fi
-grep -E 'Successfully installed' "$work/build.log" | sed 's/^#[0-9]* [0-9.]* /  /' || true
-log "built in $((SECONDS - step_started)) s"
-env=$("$DOCKER" image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$IMAGE")
-grep -qx 'CNNSERVE_PROVIDERS=cpu' <<<"$env" || { log "the default target is not the cpu stage"; exit 1; }
+no_cuda_image "after the classic build of the cpu target"
+builder=$(builder_of "$IMAGE")
+[ "$builder" = classic ] || { log "$IMAGE was built by $builder, not the classic builder"; exit 1; }
+log "built in $((SECONDS - step_started)) s, by the $builder builder"
+
+# A plain `docker build .` with BuildKit: the default target, which pytest compares with the
+# cpu image (tests/docker/test_docker_smoke.py). The classic builder would walk the gpu stages
+# here (docs/docker.md).
+step "BuildKit: docker build -t $DEFAULT_IMAGE . (no target)"
+DOCKER_BUILDKIT=1 build "$work/build-default.log" \
+  "$DOCKER" build "${build_args[@]+"${build_args[@]}"}" -t "$DEFAULT_IMAGE" . || exit 1
+no_cuda_image "after the BuildKit build with no target"
+builder=$(builder_of "$DEFAULT_IMAGE")
+# Otherwise the check of the classic build above could not tell the builders apart.
+[ "$builder" = buildkit ] || { log "$DEFAULT_IMAGE was built by $builder, not BuildKit"; exit 1; }
+log "built in $((SECONDS - step_started)) s, by $builder"
 
 step "docker image ls"
 "$DOCKER" image ls
 
 step "pytest tests/docker"
 port=$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-CNNSERVE_DOCKER_SMOKE=1 CNNSERVE_DOCKER_CLI="$DOCKER" CNNSERVE_IMAGE="$IMAGE" CNNSERVE_PORT="$port" \
+CNNSERVE_DOCKER_SMOKE=1 CNNSERVE_DOCKER_CLI="$DOCKER" CNNSERVE_IMAGE="$IMAGE" \
+  CNNSERVE_DEFAULT_IMAGE="$DEFAULT_IMAGE" CNNSERVE_PORT="$port" \
   "$BIN/python" -m pytest tests/docker -v -rP -p no:cacheprovider

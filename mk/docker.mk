@@ -20,8 +20,8 @@ docker-lint: $(VENV)/.stamp-dev
 	$(BIN)/docker-compose --profile gpu config --quiet
 	$(BIN)/docker-compose --profile monitoring config --quiet
 
-# BuildKit builds only the stages a target needs (the classic builder would want the CUDA base
-# image for the cpu target too).
+# BuildKit builds only the stages a target needs. The classic builder walks every stage above
+# the target: for cpu that is the cpu stages alone (they come first), for gpu the cpu ones too.
 docker-build: docker-build-cpu docker-build-gpu
 
 docker-build-cpu:

@@ -43,12 +43,6 @@ def _rendered(*profiles: str) -> dict[str, Any]:
     return config
 
 
-def _stages() -> list[tuple[str, str]]:
-    """(base, name) of each FROM line, in order."""
-    pattern = re.compile(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE | re.MULTILINE)
-    return [(m[1], m[2] or "") for m in pattern.finditer(DOCKERFILE.read_text())]
-
-
 def test_hadolint_finds_no_error() -> None:
     result = subprocess.run(
         [str(BIN / "hadolint"), "--failure-threshold", "error", str(DOCKERFILE)],
@@ -58,15 +52,6 @@ def test_hadolint_finds_no_error() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_cpu_is_the_default_target_and_gpu_a_cuda_one() -> None:
-    stages = _stages()
-    assert stages[-1][1] == "cpu"
-    names = [name for _, name in stages]
-    assert "gpu" in names
-    text = DOCKERFILE.read_text()
-    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:13\.\S*cudnn\S*-runtime", text, re.MULTILINE)
 
 
 def test_dockerfile_needs_only_the_classic_syntax() -> None:

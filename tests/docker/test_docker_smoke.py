@@ -42,6 +42,8 @@ COMPOSE = [
     str(ROOT / "docker-compose.yml"),
 ]
 IMAGE = os.environ.get("CNNSERVE_IMAGE", "cnnserve:cpu")
+# What a plain `docker build .` (BuildKit, no --target) gave; IMAGE is the cpu target.
+DEFAULT_IMAGE = os.environ.get("CNNSERVE_DEFAULT_IMAGE", "cnnserve:default")
 PORT = int(os.environ.get("CNNSERVE_PORT", "8000"))
 BASE_URL = f"http://127.0.0.1:{PORT}"
 # Labels a correct ImageNet classifier gives scikit-image's chelsea (a tabby cat).
@@ -134,6 +136,14 @@ def test_image_has_the_models_and_no_compiler_or_torch() -> None:
     out = _run(DOCKER, "run", "--rm", "--entrypoint", "sh", IMAGE, "-c", script).stdout
     assert set(out.split()) >= DEFAULT_MODELS
     assert "HAS_TORCH" not in out and "HAS_COMPILER" not in out
+
+
+def test_plain_build_gives_the_cpu_image() -> None:
+    """No --target builds the cpu image: the same settings as the cpu target, not the gpu ones."""
+    keys = ("Env", "User", "Entrypoint", "Cmd", "ExposedPorts", "Healthcheck", "StopSignal")
+    default, cpu = (_inspect(image)["Config"] for image in (DEFAULT_IMAGE, IMAGE))
+    assert {k: default.get(k) for k in keys} == {k: cpu.get(k) for k in keys}
+    assert "CNNSERVE_PROVIDERS=cpu" in default["Env"]
 
 
 def test_container_is_healthy_and_not_root(container: str) -> None:
