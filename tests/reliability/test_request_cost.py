@@ -97,8 +97,8 @@ CASES = [
     ),
     Crafted(
         "png-text",
-        "64 small PNGs with 66 zTXt chunks of 1 MiB (decompressed) each, in one 4 MB request",
-        lambda: multipart(LENET, [crafted.png_text_chunks(66, MiB)] * 64),
+        "64 small PNGs with 66 zTXt chunks of 1 MB (decompressed) each, in one 4 MB request",
+        lambda: multipart(LENET, [crafted.png_text_chunks(66, 1_000_000)] * 64),
         400,
         "invalid_image",
     ),
