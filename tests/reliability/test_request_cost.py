@@ -156,10 +156,12 @@ CASES = [
     ),
     Crafted(
         "v2-fp32-max",
-        "/v2: a batch of FP32 values near the type's maximum (NaN scores before)",
+        "/v2: FP32 values near the type's maximum, asking for classification strings "
+        "(served as 'nan:0:T-shirt/top' before)",
         lambda: v2(
             "lenet5-fashion",
-            v2_tensor([1, 1, 28, 28], parameters={"binary_data_size": 3136}),
+            v2_tensor([1, 1, 28, 28], parameters={"binary_data_size": 3136})
+            | {"outputs": [{"name": "logits", "parameters": {"classification": 3}}]},
             np.full(784, 3.0e38, "<f4").tobytes(),
         ),
         400,
