@@ -27,27 +27,12 @@ from model_export.errors import RunNotFoundError
 from model_export.onnx_graph import readable_names
 from model_export.repository import next_version, write_model_files
 from model_export.verify import ATOL, RTOL, verify_onnx
+from service.model_card import InputSpec
 
-__all__ = ["ExportResult", "InputSpec", "export_model", "export_run"]
+__all__ = ["ExportResult", "export_model", "export_run"]
 
 log = logging.getLogger(__name__)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How the service turns an uploaded image into the model's input tensor."""
-
-    color_mode: str  # "L" (grey) or "RGB"
-    size: tuple[int, int]  # (height, width)
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    resize: str = "stretch"  # "stretch" to size, or "center-crop" after resizing the shorter side
-    resize_shorter: int | None = None  # the shorter side before a centre crop
-
-    @property
-    def channels(self) -> int:
-        return 1 if self.color_mode == "L" else 3
 
 
 @dataclass
@@ -64,7 +49,7 @@ class ExportResult:
 
 
 def _to_onnx(model: nn.Module, spec: InputSpec, path: Path, opset: int) -> None:
-    example = torch.zeros(1, spec.channels, *spec.size)
+    example = torch.zeros(*spec.shape(1))
     torch.onnx.export(
         model,
         (example,),
@@ -115,15 +100,7 @@ def export_model(
         "name": name,
         "description": metadata.get("description", ""),
         "labels": labels,
-        "input": {
-            "name": INPUT_NAME,
-            "color_mode": spec.color_mode,
-            "size": list(spec.size),
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-            "resize": spec.resize,
-            "resize_shorter": spec.resize_shorter,
-        },
+        "input": spec.model_copy(update={"name": INPUT_NAME}),
         "output": {"name": OUTPUT_NAME, "kind": "logits"},
         "parameters": parameters,
         **extra,
@@ -163,11 +140,14 @@ def export_run(
     model = build(checkpoint["arch"], in_channels=1, num_classes=len(labels))
     model.load_state_dict(checkpoint["state_dict"])
     spec = InputSpec(
-        "L", tuple(checkpoint["image_size"]), (checkpoint["mean"],), (checkpoint["std"],)
+        color_mode="L",
+        size=tuple(checkpoint["image_size"]),
+        mean=(checkpoint["mean"],),
+        std=(checkpoint["std"],),
     )
     data = load_dataset(checkpoint["dataset"])
     test = data.test.images[:verify_images].astype(np.float32) / 255.0
-    images = ((test - spec.mean[0]) / spec.std[0])[:, None].astype(np.float32)
+    images = ((test - checkpoint["mean"]) / checkpoint["std"])[:, None].astype(np.float32)
     config = metrics["config"]
     metadata = {
         "description": f"{checkpoint['arch']} trained on {checkpoint['dataset']} by cnnserve",

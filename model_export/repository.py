@@ -1,15 +1,26 @@
 """Writing a model into the repository: version folders, model.json, labels and Triton config.
 
-No torch here: `cnnserve import-onnx` uses it with nothing but onnx and ONNX Runtime.
+No torch here: `cnnserve import-onnx` uses it with nothing but onnx and ONNX Runtime. The
+card is ``service.model_card.ModelCard``, the contract the service reads; the Triton
+configuration comes from the same card (``service.model_card.triton_config``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["next_version", "triton_config", "write_model_files"]
+from service.model_card import ModelCard, triton_config
+
+__all__ = ["default_model_dir", "next_version", "to_pbtxt", "write_model_files"]
+
+
+def default_model_dir() -> Path:
+    """Where commands that write models write by default: the folder the server reads
+    (``CNNSERVE_MODEL_DIR``), else ``models``."""
+    return Path(os.environ.get("CNNSERVE_MODEL_DIR") or "models")
 
 
 def next_version(model_root: Path) -> str:
@@ -20,23 +31,51 @@ def next_version(model_root: Path) -> str:
     return str(max(versions, default=0) + 1)
 
 
-def triton_config(card: dict[str, Any]) -> str:
-    """A config.pbtxt that lets Triton's ONNX Runtime backend serve the same folder."""
-    spec = card["input"]
-    channels = 1 if spec["color_mode"] == "L" else 3
-    dims = ", ".join(str(d) for d in (channels, *spec["size"]))
-    return (
-        f'name: "{card["name"]}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\n'
-        f'input [\n  {{ name: "{spec["name"]}" data_type: TYPE_FP32 dims: [ {dims} ] }}\n]\n'
-        f'output [\n  {{ name: "{card["output"]["name"]}" data_type: TYPE_FP32 '
-        f'dims: [ {len(card["labels"])} ] label_filename: "labels.txt" }}\n]\n'
-        "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
-    )
+_ENUMS = frozenset({"data_type"})  # protobuf enum fields: written bare, not quoted
 
 
-def write_model_files(model_root: Path, card: dict[str, Any]) -> None:
-    """Write model.json, labels.txt and config.pbtxt beside the version folders."""
+def _pbtxt_field(key: str, value: Any) -> str:
+    return f"{key}: {value if key in _ENUMS else _pbtxt_value(value)}"
+
+
+def _pbtxt_value(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[ " + ", ".join(map(str, value)) + " ]"
+    return str(value)
+
+
+def to_pbtxt(config: dict[str, Any]) -> str:
+    """A Triton configuration (``triton_config``) in the protobuf text format of config.pbtxt,
+    with dynamic batching on."""
+    lines = [_pbtxt_field(key, config[key]) for key in ("name", "platform", "max_batch_size")]
+    for block in ("input", "output"):
+        tensors = [
+            "  { " + " ".join(_pbtxt_field(k, v) for k, v in tensor.items()) + " }"
+            for tensor in config[block]
+        ]
+        lines.append(f"{block} [\n" + ",\n".join(tensors) + "\n]")
+    lines.append("dynamic_batching { max_queue_delay_microseconds: 2000 }")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_files(model_root: Path, card: ModelCard | dict[str, Any]) -> ModelCard:
+    """Write model.json, labels.txt and config.pbtxt beside the version folders. Facts about
+    versions already in model.json (``versions``) are kept unless ``card`` restates them."""
+    card = card if isinstance(card, ModelCard) else ModelCard.model_validate(card)
     model_root.mkdir(parents=True, exist_ok=True)
-    (model_root / "model.json").write_text(json.dumps(card, indent=2) + "\n")
-    (model_root / "labels.txt").write_text("\n".join(card["labels"]) + "\n")
-    (model_root / "config.pbtxt").write_text(triton_config(card))
+    path = model_root / "model.json"
+    document = card.model_dump(mode="json", exclude_defaults=False)
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text()).get("versions") or {}
+        except (ValueError, AttributeError):
+            before = {}
+        document["versions"] = before | document.get("versions", {})
+    if not document.get("versions"):
+        document.pop("versions", None)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    (model_root / "labels.txt").write_text("\n".join(card.labels) + "\n")
+    (model_root / "config.pbtxt").write_text(to_pbtxt(triton_config(card)))
+    return ModelCard.model_validate(document)

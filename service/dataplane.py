@@ -169,7 +169,7 @@ class DataPlane:
 
     def _empty_batch(self, model: ModelVersion, size: int) -> np.ndarray:
         spec = model.runtime.card.input
-        return np.empty((size, spec.channels, *spec.size), dtype=np.float32)
+        return np.empty(spec.shape(size), dtype=spec.numpy_dtype)
 
     def _decode(
         self,

@@ -165,8 +165,18 @@ def _union(fields: list[ReceptiveField]) -> ReceptiveField:
     return ReceptiveField((size[0], size[1]), (jump[0], jump[1]), (start[0], start[1]))
 
 
-def describe_layers(model: onnx.ModelProto) -> list[Layer]:
-    """Every node computing a 4-D activation from the input, in graph order."""
+def _to_channels_first(node: onnx.NodeProto) -> bool:
+    """A Transpose from (N, H, W, C) to (N, C, H, W)."""
+    perm = _attrs(node).get("perm")
+    return node.op_type == "Transpose" and list(perm or []) == [0, 3, 1, 2]  # type: ignore[call-overload]
+
+
+def describe_layers(model: onnx.ModelProto, *, layout: str = "NCHW") -> list[Layer]:
+    """Every node computing a 4-D (N, C, H, W) activation from the input, in graph order.
+
+    With a channels-last (NHWC) input, what the graph does before turning it into NCHW (a
+    Transpose with perm [0, 3, 1, 2], as exporters write it) is preprocessing inside the
+    model: followed, not listed; ONNX computes every convolution in NCHW."""
     inferred = onnx.shape_inference.infer_shapes(model)
     graph = inferred.graph
     initializers = {t.name for t in graph.initializer}
@@ -182,6 +192,7 @@ def describe_layers(model: onnx.ModelProto) -> list[Layer]:
     fields: dict[str, ReceptiveField | None] = {
         name: ReceptiveField((1, 1), (1, 1), (0, 0)) for name in inputs
     }
+    channels_last = set(inputs) if layout == "NHWC" else set()
     layers: list[Layer] = []
     for node in graph.node:
         spatial = [name for name in node.input if name in fields]
@@ -189,7 +200,15 @@ def describe_layers(model: onnx.ModelProto) -> list[Layer]:
             continue
         known = [f for name in spatial if (f := fields[name]) is not None]
         rf: ReceptiveField | None = None
-        if len(known) == len(spatial):
+        if any(name in channels_last for name in spatial):
+            if node.op_type in _KEEP_OPS and len(known) == len(spatial):
+                fields[node.output[0]] = known[0] if len(known) == 1 else _union(known)
+                channels_last.add(node.output[0])  # still channels-last: followed, not listed
+                continue
+            if not _to_channels_first(node) or len(known) != 1:
+                continue  # anything else on channels-last data ends the walk
+            rf = known[0]
+        elif len(known) == len(spatial):
             in_hw = shapes.get(spatial[0], (None,) * 4)[2:] or (None, None)
             if node.op_type in _WINDOW_OPS:
                 rf = _window(node, known[0], in_hw, weights)

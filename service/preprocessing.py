@@ -215,13 +215,16 @@ _NORMALISATION: dict[int, tuple[InputSpec, np.ndarray, np.ndarray]] = {}
 
 
 def _normalisation(spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, offset), shaped (C, 1, 1): pixel * scale - offset == (pixel / 255 - mean) / std.
-    Cached per spec object (hashing a pydantic model per image costs more than this)."""
+    """(scale, offset), shaped to broadcast over one input in the spec's layout:
+    pixel * scale - offset == (pixel / 255 - mean) / std. Cached per spec object (hashing a
+    pydantic model per image costs more than this)."""
     cached = _NORMALISATION.get(id(spec))
     if cached is None or cached[0] is not spec:
+        assert spec.mean is not None and spec.std is not None  # a float32 spec has them
+        shape = (-1, 1, 1) if spec.layout == "NCHW" else (1, 1, -1)
         std = np.asarray(spec.std, dtype=np.float32)
-        scale = (1.0 / (std * 255.0)).astype(np.float32).reshape(-1, 1, 1)
-        offset = (np.asarray(spec.mean, dtype=np.float32) / std).reshape(-1, 1, 1)
+        scale = (1.0 / (std * 255.0)).astype(np.float32).reshape(shape)
+        offset = (np.asarray(spec.mean, dtype=np.float32) / std).reshape(shape)
         if len(_NORMALISATION) > 256:  # specs come from model cards: a handful, unless reloaded
             _NORMALISATION.clear()
         cached = _NORMALISATION[id(spec)] = (spec, scale, offset)
@@ -229,8 +232,9 @@ def _normalisation(spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def to_tensor(image: Image.Image, spec: InputSpec, *, out: np.ndarray | None = None) -> np.ndarray:
-    """A decoded image as the model's (C, H, W) float32 input, written into ``out`` (a row of
-    a batch, say) when given: one pass from the uint8 pixels, no intermediate copies."""
+    """A decoded image as one input of the model (``spec.shape()``, ``spec.numpy_dtype``),
+    written into ``out`` (a row of a batch, say) when given: one pass from the uint8 pixels,
+    no intermediate copies."""
     white = _white_point(image) if image.mode in _HIGH_DEPTH else None
     image = _resize(_resizable(image, spec.color_mode), spec)
     if white is not None:
@@ -240,14 +244,18 @@ def to_tensor(image: Image.Image, spec: InputSpec, *, out: np.ndarray | None = N
         image = image.convert(spec.color_mode)
     pixels = np.asarray(image)
     hwc = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    view = hwc.transpose(2, 0, 1) if spec.layout == "NCHW" else hwc
     if out is None:
-        out = np.empty((hwc.shape[2], hwc.shape[0], hwc.shape[1]), dtype=np.float32)
+        out = np.empty(view.shape, dtype=spec.numpy_dtype)
+    if spec.dtype == "uint8":
+        np.copyto(out, view)
+        return out
     scale, offset = _normalisation(spec)
-    np.multiply(hwc.transpose(2, 0, 1), scale, out=out)
+    np.multiply(view, scale, out=out)
     out -= offset
     return out
 
 
 def preprocess(data: bytes, spec: InputSpec, *, max_pixels: int) -> np.ndarray:
-    """Bytes of one image -> (C, H, W) float32, or a domain error."""
+    """Bytes of one image -> one input of the model (``to_tensor``), or a domain error."""
     return to_tensor(decode_image(data, max_pixels=max_pixels), spec)

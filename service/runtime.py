@@ -35,6 +35,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+_ONNX_TYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}
 ProviderMode = Literal["auto", "cuda", "cpu"]
 
 
@@ -156,7 +157,7 @@ class ModelRuntime:
         self.input = inputs[0]
         self.output = outputs[0]
         self._check_shapes()
-        self.layers = describe_layers(self._proto)
+        self.layers = describe_layers(self._proto, layout=card.input.layout)
         self._layers_by_name = {layer.name: layer for layer in self.layers}
         self._maps_session: ort.InferenceSession | None = None
         self._maps_lock = threading.Lock()
@@ -164,13 +165,18 @@ class ModelRuntime:
     def _check_shapes(self) -> None:
         spec = self.card.input
         shape = list(self.input.shape)
-        expected = [spec.channels, *spec.size]
+        expected = spec.shape()
         if len(shape) != 4 or any(
             isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)
         ):
             raise ModelLoadError(
                 f"input {self.input.name} has shape {shape}; model.json says "
-                f"[N, {', '.join(map(str, expected))}]"
+                f"[N, {', '.join(map(str, expected))}] ({spec.layout})"
+            )
+        wanted = _ONNX_TYPES[spec.dtype]
+        if self.input.type != wanted:
+            raise ModelLoadError(
+                f"input {self.input.name} is {self.input.type}; model.json says {spec.dtype}"
             )
         classes = self.output.shape[-1] if self.output.shape else None
         if isinstance(classes, int) and classes != len(self.card.labels):
@@ -185,12 +191,12 @@ class ModelRuntime:
         return [d if isinstance(d, int) else -1 for d in self.input.shape]
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model on an (N, C, H, W) float32 batch; returns its first output."""
+        """Run the model on a batch of its input (``card.input.shape(n)``); its first output."""
         return self.session.run([self.output.name], {self.input.name: batch})[0]
 
     def warm_up(self) -> None:
         spec = self.card.input
-        self.infer(np.zeros((1, spec.channels, *spec.size), dtype=np.float32))
+        self.infer(np.zeros(spec.shape(1), dtype=spec.numpy_dtype))
 
     def layer(self, name: str) -> Layer | None:
         return self._layers_by_name.get(name)
@@ -213,7 +219,7 @@ class ModelRuntime:
             return self._maps_session
 
     def feature_maps(self, image: np.ndarray, layers: list[Layer]) -> list[np.ndarray]:
-        """Activations (C, H, W) of ``layers`` for one (C, H, W) image."""
+        """Activations (C, H, W) of ``layers`` for one input of the model."""
         outputs = [layer.output for layer in layers]
         arrays = self._feature_session().run(outputs, {self.input.name: image[None]})
         return [np.ascontiguousarray(a[0], dtype=np.float32) for a in arrays]

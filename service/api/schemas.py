@@ -41,11 +41,12 @@ class LayerInfo(BaseModel):
 class InputInfo(BaseModel):
     name: str
     shape: list[int] = Field(examples=[[-1, 1, 28, 28]])
-    datatype: str = "FP32"
+    layout: str = Field("NCHW", description="NCHW, or NHWC (channels last)")
+    datatype: str = Field("FP32", description="FP32 (normalised with mean and std) or UINT8")
     color_mode: str = Field(examples=["L"])
     size: list[int] = Field(description="height, width")
-    mean: list[float]
-    std: list[float]
+    mean: list[float] | None = Field(None, description="per channel; none for UINT8 inputs")
+    std: list[float] | None = None
     resize: str = Field(description="stretch, or center-crop after resizing the shorter side")
     resize_shorter: int | None = None
 

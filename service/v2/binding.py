@@ -105,6 +105,8 @@ def bind_input(request: InferRequest, spec: TensorSpec, *, max_batch: int) -> np
     if spec.shape and spec.shape[0] == -1 and not 1 <= batch <= max_batch:
         raise CodecError(f"{where}: batch size {batch} is outside 1..{max_batch}")
     target = DATATYPES[spec.datatype].newbyteorder("=")
+    if target.kind in "iu":
+        _check_integers(tensor.array, target, where)
     with np.errstate(over="ignore", invalid="ignore"):
         # Binary data sits at any offset of the body: copy when unaligned, as well as to convert.
         array = np.require(tensor.array, dtype=target, requirements=["C", "A"])
@@ -123,6 +125,22 @@ def bind_input(request: InferRequest, spec: TensorSpec, *, max_batch: int) -> np
                 "units of 0); larger ones overflow inside the network"
             )
     return array
+
+
+def _check_integers(values: np.ndarray, target: np.dtype[np.generic], where: str) -> None:
+    """Values for an integer input (a uint8 image, say): whole numbers within its range, not
+    wrapped or truncated on the way."""
+    if not values.size:
+        return
+    info = np.iinfo(target)  # type: ignore[type-var]
+    if values.dtype.kind == "f" and not (np.isfinite(values).all() and (values % 1 == 0).all()):
+        raise CodecError(f"{where}: the model takes whole numbers ({target.name})")
+    low, high = values.min(), values.max()
+    if low < info.min or high > info.max:
+        raise CodecError(
+            f"{where}: values must lie within [{info.min}, {info.max}] ({target.name}); "
+            f"got [{low}, {high}]"
+        )
 
 
 def select_outputs(

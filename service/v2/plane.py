@@ -19,6 +19,7 @@ import numpy as np
 
 from service.config import Settings
 from service.dataplane import DataPlane
+from service.model_card import triton_config
 from service.repository import ModelVersion
 from service.v2.binding import (
     TensorSpec,
@@ -27,7 +28,7 @@ from service.v2.binding import (
     model_tensors,
     select_outputs,
 )
-from service.v2.schemas import MetadataTensor, ModelConfig, ModelConfigTensor, ModelMetadata
+from service.v2.schemas import MetadataTensor, ModelConfig, ModelMetadata
 from service.v2.wire import (
     InferRequest,
     OutputTensor,
@@ -84,26 +85,16 @@ class V2Plane:
         )
 
     def config(self, name: str, version: str | None) -> ModelConfig:
+        """Triton's model configuration, as the folder's config.pbtxt says it (one source:
+        ``service.model_card.triton_config``), with this server's batch limit."""
         model = self.dataplane.model(name, version)
-        inp, outputs = model_tensors(model.runtime)
-        labels = (self.dataplane.repository.model_dir / name / "labels.txt").is_file()
-
-        def tensor(spec: TensorSpec, *, with_labels: bool = False) -> ModelConfigTensor:
-            return ModelConfigTensor(
-                name=spec.name,
-                data_type=f"TYPE_{'STRING' if spec.datatype == 'BYTES' else spec.datatype}",
-                dims=list(spec.shape[1:]),
-                label_filename="labels.txt" if with_labels and labels else None,
-            )
-
-        return ModelConfig(
-            name=name,
-            platform=PLATFORM,
-            backend="onnxruntime",
-            max_batch_size=self.settings.max_images_per_request,
-            input=[tensor(inp)],
-            output=[tensor(spec, with_labels=True) for spec in outputs],
+        config = triton_config(
+            model.runtime.card, max_batch_size=self.settings.max_images_per_request
         )
+        if not (self.dataplane.repository.model_dir / name / "labels.txt").is_file():
+            for tensor in config["output"]:
+                tensor.pop("label_filename", None)
+        return ModelConfig.model_validate(config | {"name": name})
 
     # -- inference ---------------------------------------------------------------------
 

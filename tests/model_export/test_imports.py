@@ -41,6 +41,8 @@ def test_mobilenetv2_import_is_verified_and_carries_imagenet_labels(tmp_path: Pa
         "std": None,
         "resize": "center-crop",
         "resize_shorter": 256,
+        "layout": "NCHW",
+        "dtype": "float32",
     }
 
 

@@ -62,6 +62,7 @@ def test_model_list_and_info(client: TestClient) -> None:
     assert info["input"] | {"mean": None, "std": None} == {
         "name": "input",
         "shape": [-1, 1, 28, 28],
+        "layout": "NCHW",
         "datatype": "FP32",
         "color_mode": "L",
         "size": [28, 28],
