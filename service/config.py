@@ -18,15 +18,19 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 def _split_csv(value: object) -> object:
-    """``"a, b"`` -> ``["a", "b"]``; the empty string is "not set" (what Compose's
-    ``${VAR:-}`` passes), but a value that names nothing (``" , "``) is a mistake: refused,
-    so that authentication never turns off silently."""
+    """``"a, b"`` -> ``["a", "b"]``."""
     if isinstance(value, str):
-        items = [item.strip() for item in value.split(",") if item.strip()]
-        if value and not items:
-            raise ValueError(f"{value!r} lists nothing; leave the variable unset (or empty)")
-        return items
+        return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+def _split_required(value: object) -> object:
+    """Like ``_split_csv``, but a value that is set must name something: ``""`` or
+    ``" , "`` for a key list used to start the server with authentication silently off."""
+    items = _split_csv(value)
+    if isinstance(value, str) and not items:
+        raise ValueError("is set but names nothing; unset the variable instead")
+    return items
 
 
 def _is_loopback(host: str) -> bool:
@@ -87,9 +91,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
-    _split = field_validator(
-        "api_keys", "admin_keys", "allowed_hosts", "cors_origins", mode="before"
-    )(_split_csv)
+    _split = field_validator("cors_origins", mode="before")(_split_csv)
+    _split_required = field_validator("api_keys", "admin_keys", "allowed_hosts", mode="before")(
+        _split_required
+    )
 
     @field_validator("api_keys", "admin_keys")
     @classmethod
