@@ -446,14 +446,14 @@ def test_a_short_drain_is_kept_even_with_a_stalled_client(
         area=AREA,
         tried=f"SIGTERM with CNNSERVE_DRAIN_TIMEOUT_S={drain:g} while two clients stall "
         "inside their request bodies (/v1 and /v2)",
-        held=code == 0 and exit_s < drain + 1.0,
+        held=code == 0 and exit_s < drain + 1.5,
         exit_code=code,
         exit_seconds=round(exit_s, 2),
         statuses=[_statuses(a) for a in answers],
         tracebacks_in_log=log.count("Traceback"),
     )
     assert code == 0, log[-3000:]
-    assert exit_s < drain + 1.0, f"exited {exit_s:.1f} s after SIGTERM"
+    assert exit_s < drain + 1.5, f"exited {exit_s:.1f} s after SIGTERM"
     for answer in answers:
         assert _statuses(answer) == [503] and b"\r\nconnection: close\r\n" in answer.lower()
     assert _json_body(answers[0])["error"]["code"] == "shutting_down"
