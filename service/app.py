@@ -52,6 +52,9 @@ def _build_state(settings: Settings) -> AppState:
             settings.max_batch_size, settings.max_queue_delay_ms / 1000, settings.queue_capacity
         ),
         observer=metrics.batch_observer,
+        # No request holds a model version past its deadline: a swapped-out one is
+        # released by then at the latest.
+        release_timeout_s=settings.request_timeout_s + 1.0,
     )
     metrics.watch(repository)
     threads = settings.decode_threads or min(8, os.cpu_count() or 1)

@@ -4,8 +4,11 @@ ServiceError                    code                    status
  +-- InvalidImageError          invalid_image           400
  +-- InvalidParameterError      invalid_parameter       400
  +-- UnknownLayerError          unknown_layer           400
+ +-- InvalidHostError           invalid_host            400
  +-- UnauthorizedError          unauthorized            401
+ +-- ForbiddenError             forbidden               403
  +-- ModelNotFoundError         model_not_found         404
+ +-- ConflictError              conflict                409 (with Retry-After)
  +-- BodyTooLargeError          body_too_large          413
  +-- TooManyImagesError         too_many_images         413
  +-- ImageTooLargeError         image_too_large         413
@@ -14,6 +17,7 @@ ServiceError                    code                    status
  +-- ModelUnavailableError      model_unavailable       503
  |    +-- ModelRetiredError      model_unavailable       503 (its version was swapped out)
  +-- OverloadedError            overloaded              503 (with Retry-After)
+ +-- ShuttingDownError          shutting_down           503
  +-- DeadlineExceededError      deadline_exceeded       504
  +-- ModelOutputError           model_error             500 (NaN or infinite scores)
 
@@ -27,8 +31,11 @@ from typing import Any, ClassVar
 
 __all__ = [
     "BodyTooLargeError",
+    "ConflictError",
     "DeadlineExceededError",
+    "ForbiddenError",
     "ImageTooLargeError",
+    "InvalidHostError",
     "InvalidImageError",
     "InvalidParameterError",
     "ModelNotFoundError",
@@ -37,6 +44,7 @@ __all__ = [
     "ModelUnavailableError",
     "OverloadedError",
     "ServiceError",
+    "ShuttingDownError",
     "TooManyImagesError",
     "TooManyPixelsError",
     "UnauthorizedError",
@@ -47,13 +55,19 @@ __all__ = [
 
 
 class ServiceError(Exception):
-    """An error a client can act on: a stable ``code``, a message and structured detail."""
+    """An error a client can act on: a stable ``code``, a message and structured detail.
+
+    ``retry_after_s``, when not None, is sent as ``Retry-After``."""
 
     code: ClassVar[str] = "internal_error"
+    default_retry_after_s: ClassVar[int | None] = None
 
-    def __init__(self, message: str, **detail: Any) -> None:
+    def __init__(self, message: str, *, retry_after_s: int | None = None, **detail: Any) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after_s = retry_after_s or self.default_retry_after_s
+        if self.retry_after_s is not None:
+            detail["retry_after_s"] = self.retry_after_s
         self.detail = detail
 
 
@@ -69,8 +83,20 @@ class UnknownLayerError(ServiceError):
     code = "unknown_layer"
 
 
+class InvalidHostError(ServiceError):
+    """The Host header names a host this server does not answer to (DNS rebinding)."""
+
+    code = "invalid_host"
+
+
 class UnauthorizedError(ServiceError):
     code = "unauthorized"
+
+
+class ForbiddenError(ServiceError):
+    """Refused whatever the credentials: the repository API without CNNSERVE_ADMIN_KEYS."""
+
+    code = "forbidden"
 
 
 class ModelNotFoundError(ServiceError):
@@ -108,12 +134,22 @@ class ModelRetiredError(ModelUnavailableError):
     data plane retries on the version serving now."""
 
 
+class ConflictError(ServiceError):
+    """Another load or unload of the same model is running."""
+
+    code = "conflict"
+    default_retry_after_s = 1
+
+
 class OverloadedError(ServiceError):
     code = "overloaded"
+    default_retry_after_s = 1
 
-    def __init__(self, message: str, *, retry_after_s: int = 1, **detail: Any) -> None:
-        super().__init__(message, retry_after_s=retry_after_s, **detail)
-        self.retry_after_s = retry_after_s
+
+class ShuttingDownError(ServiceError):
+    """The drain ended before the request did: retry it on another replica."""
+
+    code = "shutting_down"
 
 
 class DeadlineExceededError(ServiceError):
@@ -130,8 +166,11 @@ _STATUS: dict[type[ServiceError], int] = {
     InvalidImageError: 400,
     InvalidParameterError: 400,
     UnknownLayerError: 400,
+    InvalidHostError: 400,
     UnauthorizedError: 401,
+    ForbiddenError: 403,
     ModelNotFoundError: 404,
+    ConflictError: 409,
     BodyTooLargeError: 413,
     TooManyImagesError: 413,
     ImageTooLargeError: 413,
@@ -139,6 +178,7 @@ _STATUS: dict[type[ServiceError], int] = {
     UnsupportedMediaTypeError: 415,
     ModelUnavailableError: 503,
     OverloadedError: 503,
+    ShuttingDownError: 503,
     DeadlineExceededError: 504,
     ModelOutputError: 500,
 }

@@ -103,8 +103,8 @@ class _Walk:
         self.meta(size, what="EXIF")
 
 
-def _refusal(message: str, **detail: object) -> ImageTooLargeError:
-    return ImageTooLargeError(message, **detail)
+def _refusal(message: str, *, limit: int, what: str) -> ImageTooLargeError:
+    return ImageTooLargeError(message, limit=limit, what=what)
 
 
 def check_structure(data: bytes) -> None:

@@ -17,9 +17,9 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from service.api.responses import JSON
-from service.errors import OverloadedError, ServiceError, status_for
+from service.errors import ServiceError, status_for
 
-__all__ = ["CLIENT_CLOSED", "error_response", "install_handlers"]
+__all__ = ["CLIENT_CLOSED", "error_response", "install_handlers", "service_error_response"]
 
 log = logging.getLogger(__name__)
 # nginx's status for "the client closed the connection before the response": never sent (no
@@ -29,6 +29,7 @@ CLIENT_CLOSED = 499
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "body_too_large",
@@ -58,10 +59,22 @@ def error_response(
     return JSON(body, status_code=status, headers=headers)
 
 
+def service_error_response(
+    request: Request, exc: ServiceError, headers: Mapping[str, str] | None = None
+) -> JSON:
+    """The response of a domain error: its status from ``status_for``, its code, message and
+    detail, ``Retry-After`` when it has one, and any extra ``headers``."""
+    extra = dict(headers or {})
+    if exc.retry_after_s is not None:
+        extra["Retry-After"] = str(exc.retry_after_s)
+    return error_response(
+        request, status_for(exc), exc.code, exc.message, exc.detail, extra or None
+    )
+
+
 async def _service_error(request: Request, exc: Exception) -> JSON:
     assert isinstance(exc, ServiceError)
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, OverloadedError) else None
-    return error_response(request, status_for(exc), exc.code, exc.message, exc.detail, headers)
+    return service_error_response(request, exc)
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:

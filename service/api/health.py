@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
@@ -52,11 +52,18 @@ async def live() -> dict[str, str]:
     "/health/ready",
     response_model=HealthResponse,
     summary="Readiness: 200 once models are loaded and warmed, else 503",
+    description="With CNNSERVE_API_KEYS set, a request without a valid key gets the status "
+    'word alone (`{"status": "ready"}`): model names, versions and reasons (which hold '
+    "server paths) are for key holders.",
     responses={503: {"model": HealthResponse, "description": "loading, draining or no model"}},
 )
-async def ready(state: State) -> JSON:
+async def ready(request: Request, state: State) -> JSON:
     is_ready, body = health_report(state)
-    return JSON(body.model_dump(), status_code=200 if is_ready else 503)
+    code = 200 if is_ready else 503
+    # Set by the middleware: a valid key, or no keys configured.
+    if not request.scope.get("state", {}).get("authenticated", True):
+        return JSON({"status": body.status}, status_code=code)
+    return JSON(body.model_dump(), status_code=code)
 
 
 @router.get(

@@ -1,14 +1,21 @@
 """One pure-ASGI middleware for what every request needs before and after its endpoint.
 
 In order: a request id (``X-Request-ID`` kept when sane, else generated, always returned);
-API keys when configured (``Authorization: Bearer`` or ``X-API-Key``, compared in constant
-time; the health probes, CORS preflights and the web page's static files are open); the
-body size limit (from ``Content-Length`` up front, and counted while streaming); the
+the Host header against ``Settings.host_names`` (DNS rebinding: 400 ``invalid_host``, probes
+included); the model repository API (``/v2/repository/``) only with an admin key, and only
+when CNNSERVE_ADMIN_KEYS is set (else 403 ``forbidden``), never with a CORS "simple"
+content type (415); API keys when configured (``Authorization: Bearer`` or ``X-API-Key``,
+the raw header bytes compared with each key's UTF-8 bytes in constant time; admin keys are
+accepted too; the health probes, CORS preflights and the web page's static files are open);
+the body size limit (from ``Content-Length`` up front, and counted while streaming); the
 request deadline (``request_timeout_s`` from the request's arrival to the response's start:
 reading the body, decoding, queueing and inference all count, and what is still running is
-cancelled); a client that hangs up while its request waits cancels it the same way (its
-images leave the batch queue: abandoned work must not hold capacity others need); security
-headers; one structured access-log line and the request metrics.
+cancelled; a repository request's deadline covers reading its body only: a model load then
+finishes whatever the caller does); a client that hangs up while its request waits cancels
+it the same way (its images leave the batch queue: abandoned work must not hold capacity
+others need); from SIGTERM on, no request runs past the drain's end: one still running
+then is answered 503 ``shutting_down`` with ``Connection: close``; security headers; one
+structured access-log line and the request metrics.
 Image bytes and keys are never logged.
 """
 
@@ -21,18 +28,29 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from pydantic import SecretStr
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.handlers import CLIENT_CLOSED, error_response
+from service.api.handlers import CLIENT_CLOSED, service_error_response
 from service.api.state import AppState
-from service.errors import BodyTooLargeError
+from service.config import ANY_HOST
+from service.errors import (
+    BodyTooLargeError,
+    DeadlineExceededError,
+    ForbiddenError,
+    InvalidHostError,
+    InvalidParameterError,
+    ServiceError,
+    ShuttingDownError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+)
 
-__all__ = ["ServiceMiddleware"]
+__all__ = ["ServiceMiddleware", "host_name", "key_matches"]
 
 log = logging.getLogger("cnnserve.access")
 
@@ -43,13 +61,17 @@ OPEN_PREFIXES = ("/ui/",)
 UNCOUNTED_PATHS = frozenset(
     {"/health/live", "/health/ready", "/metrics", "/v2/health/live", "/v2/health/ready"}
 )
-# Loading a model is control-plane work that finishes whatever the caller does: a deadline
-# there would only tell the caller it failed while it goes on.
-NO_DEADLINE_PREFIXES = ("/v2/repository/",)
+REPOSITORY_PREFIX = "/v2/repository/"
+# Content types a page on any site may POST without a CORS preflight: a browser would let
+# it reach the repository API with no say from this server.
+SIMPLE_CONTENT_TYPES = frozenset(
+    {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"}
+)
 # A request that has not answered this long after its body arrived starts listening for its
 # client hanging up: quicker ones never pay for the listener (a task per request).
 WATCH_AFTER_S = 0.05
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CLOSE = {"Connection": "close"}
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -63,18 +85,24 @@ _SECURITY_HEADERS = [
 ]
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _raw_header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
-            return str(value.decode("latin-1"))
+            return bytes(value)
     return None
 
 
-def _presented_key(scope: Scope) -> str | None:
-    auth = _header(scope, b"authorization")
-    if auth and auth[:7].lower() == "bearer ":
+def _header(scope: Scope, name: bytes) -> str | None:
+    value = _raw_header(scope, name)
+    return None if value is None else value.decode("latin-1")
+
+
+def _presented_key(scope: Scope) -> bytes | None:
+    """The key as sent: raw header bytes (a UTF-8 key arrives as its UTF-8 bytes)."""
+    auth = _raw_header(scope, b"authorization")
+    if auth and auth[:7].lower() == b"bearer ":
         return auth[7:].strip()
-    return _header(scope, b"x-api-key")
+    return _raw_header(scope, b"x-api-key")
 
 
 def _preflight(scope: Scope) -> bool:
@@ -83,20 +111,32 @@ def _preflight(scope: Scope) -> bool:
     it never reaches an endpoint."""
     return (
         scope["method"] == "OPTIONS"
-        and _header(scope, b"origin") is not None
-        and _header(scope, b"access-control-request-method") is not None
+        and _raw_header(scope, b"origin") is not None
+        and _raw_header(scope, b"access-control-request-method") is not None
     )
 
 
-def key_matches(presented: str | None, keys: Sequence[SecretStr]) -> bool:
-    """Constant-time comparison against every configured key (no early exit)."""
+def key_matches(presented: bytes | str | None, keys: Sequence[SecretStr]) -> bool:
+    """Constant-time comparison of the presented bytes with every key's UTF-8 bytes (no
+    early exit)."""
     if not presented:
         return False
-    given = presented.encode()
+    given = presented.encode() if isinstance(presented, str) else presented
     found = False
     for key in keys:
         found |= hmac.compare_digest(given, key.get_secret_value().encode())
     return found
+
+
+def host_name(value: bytes) -> str:
+    """The host of a Host header, lower-cased, without its port or a trailing dot."""
+    text = value.decode("latin-1").strip().lower()
+    if text.startswith("["):  # [v6] or [v6]:port
+        end = text.find("]")
+        return text[: end + 1] if end > 0 else text
+    if text.count(":") == 1:  # name:port (a bare v6 address has several colons)
+        text = text.split(":", 1)[0]
+    return text.rstrip(".")
 
 
 def _disarm(deadline: asyncio.Timeout) -> None:
@@ -106,21 +146,32 @@ def _disarm(deadline: asyncio.Timeout) -> None:
 
 
 class _ClientWatch:
-    """The request's ``receive``, counting the body against the limit; once the body is in
-    and the request has waited ``WATCH_AFTER_S``, a task listens for the client hanging up
-    and, if it does before the response starts, expires the request's deadline: the app is
-    cancelled where it waits (the batcher drops its queued images) and ``gone`` is set."""
+    """The request's ``receive``, counting the body against the limit; once the body is in,
+    ``on_body_done`` runs, and (``listen``) once the request has waited ``WATCH_AFTER_S`` a
+    task listens for the client hanging up and, if it does before the response starts,
+    expires the request's deadline: the app is cancelled where it waits (the batcher drops
+    its queued images) and ``gone`` is set."""
 
-    def __init__(self, receive: Receive, limit: int, deadline: asyncio.Timeout | None) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        limit: int,
+        deadline: asyncio.Timeout,
+        *,
+        listen: bool,
+        on_body_done: Callable[[], None] | None = None,
+    ) -> None:
         self._receive = receive
         self._limit = limit
         self._seen = 0
         self._deadline = deadline
-        self._body_done = False
+        self._on_body_done = on_body_done
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        if deadline is not None:  # no deadline, nothing to cancel with (model loads)
+        if listen:  # a model load finishes whatever the caller does: nothing to cancel
             self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start)
+        self._listen_later = listen
+        self.body_done = False
         self.responded = False
         self.gone = False
 
@@ -133,14 +184,16 @@ class _ClientWatch:
                     f"the body exceeds the limit of {self._limit} bytes", limit=self._limit
                 )
             if not message.get("more_body", False):
-                self._body_done = True
-                if self._timer is None and self._deadline is not None:
+                self.body_done = True
+                if self._on_body_done is not None:
+                    self._on_body_done()
+                if self._timer is None and self._listen_later:
                     self._start()  # the wait was over before the body was in
         return message
 
     def _start(self) -> None:
         self._timer = None
-        if self._body_done and self._task is None and not self.responded:
+        if self.body_done and self._task is None and not self.responded:
             self._task = asyncio.ensure_future(self._listen())
 
     async def _listen(self) -> None:
@@ -148,7 +201,6 @@ class _ClientWatch:
         # sends once the response is complete: hence ``responded``).
         message = await self._receive()
         if message["type"] == "http.disconnect" and not self.responded:
-            assert self._deadline is not None
             self.gone = True
             with contextlib.suppress(RuntimeError):  # already expired or over
                 self._deadline.reschedule(asyncio.get_running_loop().time())
@@ -164,6 +216,10 @@ class ServiceMiddleware:
     def __init__(self, app: ASGIApp, *, state: AppState) -> None:
         self.app = app
         self.state = state
+        # Requests between their deadline's start and their response's: what SIGTERM cuts.
+        self._running: dict[asyncio.Timeout, _ClientWatch] = {}
+        self._host_names = state.settings.host_names
+        state.drain_listeners.append(self._cut_to_drain)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -175,9 +231,16 @@ class ServiceMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
         settings = self.state.settings
-        control = scope["path"].startswith(NO_DEADLINE_PREFIXES)
-        deadline = asyncio.timeout(None if control else settings.request_timeout_s)
-        watch = _ClientWatch(receive, settings.max_body_bytes, None if control else deadline)
+        deadline = asyncio.timeout_at(self._deadline_at())
+        control = scope["path"].startswith(REPOSITORY_PREFIX)
+        watch = _ClientWatch(
+            receive,
+            settings.max_body_bytes,
+            deadline,
+            listen=not control,
+            # Only reading a control request's body has a deadline: the load runs on.
+            on_body_done=(lambda: self._relax(deadline)) if control else None,
+        )
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -211,58 +274,145 @@ class ServiceMiddleware:
                 metrics.inflight.dec()
             self._record(scope, status["code"], time.perf_counter() - started, request_id)
 
-    def _refuse(self, scope: Scope) -> Any:
+    # -- deadlines and the drain -------------------------------------------------------
+
+    def _deadline_at(self) -> float:
+        """The event loop's time at which a request arriving now is cut: its own deadline,
+        or the drain's end when that comes first."""
+        at = asyncio.get_running_loop().time() + self.state.settings.request_timeout_s
+        drain_end = self.state.drain_ends_at
+        return at if drain_end is None else min(at, drain_end)
+
+    def _relax(self, deadline: asyncio.Timeout) -> None:
+        """A control request's body is in: no deadline but the drain's end."""
+        with contextlib.suppress(RuntimeError):
+            deadline.reschedule(self.state.drain_ends_at)
+
+    def _cut_to_drain(self, drain_end: float) -> None:
+        """SIGTERM: every request whose response has not started ends by ``drain_end``."""
+        for deadline, watch in list(self._running.items()):
+            when = deadline.when()
+            if not watch.responded and (when is None or when > drain_end):
+                with contextlib.suppress(RuntimeError):
+                    deadline.reschedule(drain_end)
+
+    def _drain_over(self) -> bool:
+        drain_end = self.state.drain_ends_at
+        return drain_end is not None and asyncio.get_running_loop().time() >= drain_end
+
+    # -- refusals before the app -------------------------------------------------------
+
+    def _refuse(self, scope: Scope) -> Response | None:
         """An error response to send instead of calling the app, or None."""
-        request = Request(scope)
-        keys = self.state.settings.api_keys
+        error = self._access_error(scope)
+        headers = None
+        if isinstance(error, UnauthorizedError):
+            headers = {"WWW-Authenticate": "Bearer"}
+        if error is None:
+            error = self._length_error(scope)
+        return None if error is None else service_error_response(Request(scope), error, headers)
+
+    def _access_error(self, scope: Scope) -> ServiceError | None:
+        settings = self.state.settings
         path = scope["path"]
-        open_path = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or _preflight(scope)
-        if keys and not open_path and not key_matches(_presented_key(scope), keys):
-            return error_response(
-                request,
-                401,
-                "unauthorized",
-                "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
-                headers={"WWW-Authenticate": "Bearer"},
+        if not self._host_allowed(scope):
+            host = _header(scope, b"host")
+            shown = "no Host header" if host is None else f"the host {host[:100]!r}"
+            return InvalidHostError(
+                f"this server does not answer to {shown}; CNNSERVE_ALLOWED_HOSTS lists the "
+                "names it answers to",
+                host=host[:100] if host is not None else None,
             )
+        if path.startswith(REPOSITORY_PREFIX):
+            if not settings.admin_keys:
+                return ForbiddenError(
+                    "the model repository API is off: set CNNSERVE_ADMIN_KEYS to turn it on "
+                    "(its requests then need one of those keys)"
+                )
+            if _preflight(scope):
+                return None
+            if not key_matches(_presented_key(scope), settings.admin_keys):
+                return UnauthorizedError(
+                    "the model repository API needs an admin API key (one of CNNSERVE_ADMIN_KEYS, "
+                    "as Authorization: Bearer <key> or X-API-Key)"
+                )
+            media = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+            if scope["method"] == "POST" and media in SIMPLE_CONTENT_TYPES:
+                return UnsupportedMediaTypeError(
+                    f"the model repository API takes application/json, not {media}",
+                    content_type=media,
+                )
+            return None
+        authenticated = not settings.api_keys or self._known_key(_presented_key(scope))
+        scope["state"]["authenticated"] = authenticated
+        open_path = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or _preflight(scope)
+        if not authenticated and not open_path:
+            return UnauthorizedError(
+                "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"
+            )
+        return None
+
+    def _known_key(self, presented: bytes | None) -> bool:
+        settings = self.state.settings
+        # Both lists, always: which one a key is in must not show in the time taken.
+        inference = key_matches(presented, settings.api_keys)
+        admin = key_matches(presented, settings.admin_keys)
+        return inference or admin
+
+    def _host_allowed(self, scope: Scope) -> bool:
+        names = self._host_names
+        if ANY_HOST in names:
+            return True
+        hosts = [value for key, value in scope["headers"] if key == b"host"]
+        # None (HTTP/1.0) or several (which one would a proxy have used?): refused.
+        return len(hosts) == 1 and host_name(hosts[0]) in names
+
+    def _length_error(self, scope: Scope) -> ServiceError | None:
         length = _header(scope, b"content-length")
         limit = self.state.settings.max_body_bytes
-        if length is not None:
-            if not length.isdigit():
-                return error_response(
-                    request, 400, "invalid_parameter", "Content-Length is not a number"
-                )
-            if int(length) > limit:
-                return error_response(
-                    request,
-                    413,
-                    "body_too_large",
-                    f"the body is {length} bytes; the limit is {limit}",
-                    {"limit": limit},
-                )
+        if length is None:
+            return None
+        if not length.isdigit():
+            return InvalidParameterError("Content-Length is not a number")
+        if int(length) > limit:
+            return BodyTooLargeError(
+                f"the body is {length} bytes; the limit is {limit}", limit=limit
+            )
         return None
 
     async def _within(
         self, deadline: asyncio.Timeout, scope: Scope, watch: _ClientWatch, send: Send
     ) -> None:
         """Run the app; past the deadline, cancel it and answer 504 ``deadline_exceeded``
-        (or nothing, when the client has gone)."""
+        (503 ``shutting_down`` at the drain's end; nothing when the client has gone)."""
         try:
             async with deadline:
-                await self.app(scope, watch.receive, send)
+                self._running[deadline] = watch
+                try:
+                    await self.app(scope, watch.receive, send)
+                finally:
+                    del self._running[deadline]
         except TimeoutError:
             if not deadline.expired():
                 raise  # the app's own, not ours
             if watch.gone:
                 return
-            seconds = self.state.settings.request_timeout_s
-            response = error_response(
-                Request(scope),
-                504,
-                "deadline_exceeded",
-                f"the request did not finish within {seconds:g} s",
-                {"timeout_s": seconds},
-            )
+            error: ServiceError
+            if self._drain_over():
+                seconds = self.state.settings.drain_timeout_s
+                error = ShuttingDownError(
+                    f"the server is shutting down and the request did not finish within its "
+                    f"drain ({seconds:g} s); retry it",
+                    drain_timeout_s=seconds,
+                )
+            else:
+                seconds = self.state.settings.request_timeout_s
+                error = DeadlineExceededError(
+                    f"the request did not finish within {seconds:g} s", timeout_s=seconds
+                )
+            # A body not read to its end would be read as the next request: close instead.
+            close = isinstance(error, ShuttingDownError) or not watch.body_done
+            response = service_error_response(Request(scope), error, _CLOSE if close else None)
             await response(scope, watch.receive, send)
 
     def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -24,10 +26,24 @@ class AppState:
     v2: V2Plane
     loading: bool = True  # until start-up has tried every model
     draining: bool = False  # from SIGTERM on: not ready, finishing what is in flight
+    # The event loop's clock when the drain ends: requests still running then are answered
+    # 503 shutting_down. None until the drain begins.
+    drain_ends_at: float | None = None
+    drain_listeners: list[Callable[[float], None]] = field(default_factory=list)
 
     @property
     def repository(self) -> ModelRepository:
         return self.dataplane.repository
+
+    def begin_drain(self) -> None:
+        """Start the drain's clock (on the event loop; once): ``drain_timeout_s`` from now,
+        and tell the listeners (the middleware cuts the deadlines of requests in flight)."""
+        self.draining = True
+        if self.drain_ends_at is not None:
+            return
+        self.drain_ends_at = asyncio.get_running_loop().time() + self.settings.drain_timeout_s
+        for listener in self.drain_listeners:
+            listener(self.drain_ends_at)
 
 
 async def get_state(request: Request) -> AppState:

@@ -202,6 +202,9 @@ async def infer_version(request: Request, state: State, name: str, version: Vers
 
 
 # -- model repository --------------------------------------------------------------------
+# Only with an admin key, and only when CNNSERVE_ADMIN_KEYS is set: the middleware refuses
+# everything else under /v2/repository/ (401, 403, 415) before these run.
+_REFUSALS = (401, 403, 415)
 
 
 def _index_rows(entry: ModelEntry | None, name: str) -> list[RepositoryModel]:
@@ -226,7 +229,7 @@ def _index_rows(entry: ModelEntry | None, name: str) -> list[RepositoryModel]:
     "/repository/index",
     response_model=list[RepositoryModel],
     summary="Every model in the model directory, loaded or not, with its state",
-    responses=_errors(400),
+    responses=_errors(400, *_REFUSALS),
 )
 async def repository_index(request: Request, state: State) -> JSON:
     options = parse_json_object(await request.body(), "the index request")
@@ -244,8 +247,10 @@ async def repository_index(request: Request, state: State) -> JSON:
 @router.post(
     "/repository/models/{name}/load",
     response_model=LoadResponse,
-    summary="Load or reload a model from its folder; the old versions drain first",
-    responses=_errors(400, 404),
+    summary="Load or reload a model from its folder; the old versions drain, then are freed",
+    description="One load or unload per model at a time (409 `conflict` with Retry-After "
+    "while one runs); loads of different models run one after another.",
+    responses=_errors(400, 404, 409, *_REFUSALS),
 )
 async def repository_load(request: Request, state: State, name: str) -> JSON:
     options = parse_json_object(await request.body(), "the load request")
@@ -274,7 +279,7 @@ async def repository_load(request: Request, state: State, name: str) -> JSON:
     "/repository/models/{name}/unload",
     response_model=UnloadResponse,
     summary="Unload a model; requests already running finish",
-    responses=_errors(400, 404),
+    responses=_errors(400, 404, 409, *_REFUSALS),
 )
 async def repository_unload(request: Request, state: State, name: str) -> JSON:
     parse_json_object(await request.body(), "the unload request")

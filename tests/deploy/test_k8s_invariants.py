@@ -22,6 +22,7 @@ from deploy_support import (
 )
 
 from service.config import Settings
+from service.server import DRAIN_BACKSTOP_S
 
 CPU = KUBERNETES / "overlays" / "cpu"
 GPU = KUBERNETES / "overlays" / "gpu"
@@ -115,6 +116,16 @@ def test_api_keys_come_from_a_secret(directory: Path) -> None:
     reference = api_keys["valueFrom"]["secretKeyRef"]
     assert reference["name"] and reference["key"]
     assert not reference.get("optional", False), "a missing Secret must not start pods open"
+
+
+def test_admin_keys_are_an_optional_secret_entry(directory: Path) -> None:
+    """Without admin keys the repository API is off: a missing entry must not stop pods."""
+    assert f"{SETTINGS_PREFIX}ADMIN_KEYS" not in _config(directory)
+    (admin_keys,) = [
+        v for v in _container(directory)["env"] if v["name"] == f"{SETTINGS_PREFIX}ADMIN_KEYS"
+    ]
+    reference = admin_keys["valueFrom"]["secretKeyRef"]
+    assert reference["name"] and reference["key"] and reference["optional"] is True
 
 
 def test_service_links_are_off(directory: Path) -> None:
@@ -254,9 +265,10 @@ def test_grace_period_covers_prestop_and_drain(
     drain = _settings(directory, monkeypatch).drain_timeout_s
     pre_stop = _container(directory)["lifecycle"]["preStop"]["sleep"]["seconds"]
     grace = _pod_spec(directory)["terminationGracePeriodSeconds"]
-    # The grace period counts from the preStop hook; SIGTERM (the app's drain) comes after it.
+    # The grace period counts from the preStop hook; SIGTERM (the app's drain) comes after it,
+    # and uvicorn's own limit DRAIN_BACKSTOP_S after the drain; then a margin to exit.
     assert pre_stop >= 5, "endpoints and load balancers need a few seconds to drop the pod"
-    assert grace >= pre_stop + drain + 5, (grace, pre_stop, drain)
+    assert grace >= pre_stop + drain + DRAIN_BACKSTOP_S + 4, (grace, pre_stop, drain)
 
 
 def test_spread_across_nodes(directory: Path) -> None:

@@ -30,6 +30,8 @@ CLASSIFY_RGB = "/v1/models/mobilenetv2-imagenet/classify"
 MAPS = "/v1/models/lenet5-fashion/feature-maps"
 INFER = "/v2/models/lenet5-fashion/infer"
 BODY_LIMIT = 32 * MiB  # the default CNNSERVE_MAX_BODY_BYTES the corpus server runs with
+# CNNSERVE_ADMIN_KEYS of the /v2 corpus server: the repository cases get past the key.
+ADMIN_KEY = "hostile-corpus-admin-key"
 
 
 @dataclass(frozen=True)
@@ -1090,22 +1092,22 @@ add(
 
 @v2("V2 repository", 404, path="/v2/repository/models/..%2F..%2Ftmp/load")
 def v2_load_traversal() -> Probe:
-    return as_json({})
+    return as_json({}, **{"X-API-Key": ADMIN_KEY})
 
 
 @v2("V2 repository", 400, path="/v2/repository/models/lenet5-fashion/load")
 def v2_load_file_override() -> Probe:
-    return as_json({"parameters": {"file:1/model.onnx": "AAAA"}})
+    return as_json({"parameters": {"file:1/model.onnx": "AAAA"}}, **{"X-API-Key": ADMIN_KEY})
 
 
 @v2("V2 repository", 400, path="/v2/repository/models/lenet5-fashion/load")
 def v2_load_bad_json() -> Probe:
-    return text(b"{not json")
+    return text(b"{not json", **{"X-API-Key": ADMIN_KEY})
 
 
 @v2("V2 repository", 400, path="/v2/repository/index")
 def v2_index_ready_not_bool() -> Probe:
-    return as_json({"ready": "yes"})
+    return as_json({"ready": "yes"}, **{"X-API-Key": ADMIN_KEY})
 
 
 def judge(case: Case, response: httpx.Response) -> str | None:

@@ -28,6 +28,7 @@ AREAS = [
     "faults",
     "load",
     "access control",
+    "control plane and connections",
 ]
 
 

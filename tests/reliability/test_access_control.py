@@ -28,6 +28,7 @@ from service.api import middleware
 from service.config import Settings
 
 KEYS = [f"rel-key-{secrets.token_hex(12)}", f"rel-key-{secrets.token_hex(12)}"]
+ADMIN_KEY = f"rel-admin-{secrets.token_hex(12)}"  # the repository's (CNNSERVE_ADMIN_KEYS)
 WRONG = f"rel-wrong-{secrets.token_hex(12)}"
 APP_ORIGIN = "https://app.example"
 EVIL_ORIGIN = "https://evil.example"
@@ -58,7 +59,7 @@ PROTECTED = [
 def keyed(module_server_factory: ServerFactory) -> LiveServer:
     # DEBUG: the most a server ever logs, so the most chances to leak a key.
     return module_server_factory(
-        api_keys=",".join(KEYS), cors_origins=APP_ORIGIN, log_level="DEBUG"
+        api_keys=",".join(KEYS), admin_keys=ADMIN_KEY, cors_origins=APP_ORIGIN, log_level="DEBUG"
     )
 
 
@@ -105,7 +106,7 @@ def test_everything_else_needs_a_key(
         assert _error(response, path) == "unauthorized"
     else:
         assert "API key" in _error(response, path)
-    assert all(key not in response.text for key in [*KEYS, WRONG])
+    assert all(key not in response.text for key in [*KEYS, ADMIN_KEY, WRONG])
 
 
 @pytest.mark.parametrize("header", ["Authorization", "X-API-Key"])
@@ -155,10 +156,10 @@ def test_keys_never_appear_in_logs_responses_or_settings(
                 method, path, content=image, headers=credentials | {"Content-Type": "image/png"}
             )
             assert all(k not in response.text for k in [*KEYS, WRONG])
-    settings = Settings(api_keys=",".join(KEYS))
+    settings = Settings(api_keys=",".join(KEYS), admin_keys=ADMIN_KEY)
     dumped = repr(settings) + str(settings) + settings.model_dump_json()
     log = keyed.log()
-    leaks = [k for k in [*KEYS, WRONG] if k in log or k in dumped]
+    leaks = [k for k in [*KEYS, ADMIN_KEY, WRONG] if k in log or k in dumped]
     summary.row(
         "access/keys-not-logged",
         area="access control",

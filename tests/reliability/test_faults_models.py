@@ -25,6 +25,8 @@ from model_export.datasets import Split
 
 pytestmark = pytest.mark.slow
 
+ADMIN_KEY = "faults-admin-key"  # CNNSERVE_ADMIN_KEYS of the servers that reload models
+
 
 def _classify(url: str, model: str, image: bytes) -> httpx.Response:
     return httpx.post(
@@ -91,7 +93,11 @@ def _v2_body(images: np.ndarray) -> bytes:
 
 
 def _load(url: str, model: str) -> httpx.Response:
-    return httpx.post(f"{url}/v2/repository/models/{model}/load", timeout=httpx.Timeout(120))
+    return httpx.post(
+        f"{url}/v2/repository/models/{model}/load",
+        headers={"X-API-Key": ADMIN_KEY},
+        timeout=httpx.Timeout(120),
+    )
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -104,7 +110,7 @@ def _replace(path: Path, data: bytes) -> None:
 def test_model_files_change_under_load_and_no_request_fails(
     start_server: ServerFactory, model_repo: Path, fashion_test: Split, summary: Summary
 ) -> None:
-    server = start_server(model_dir=model_repo)
+    server = start_server(model_dir=model_repo, admin_keys=ADMIN_KEY)
     model = model_repo / "lenet5-fashion"
     calls = [
         Call(
@@ -172,6 +178,6 @@ def test_model_files_change_under_load_and_no_request_fails(
 def test_a_load_of_a_model_that_never_existed_is_a_404_with_the_v2_shape(
     start_server: ServerFactory, model_repo: Path
 ) -> None:
-    server = start_server(model_dir=model_repo)
+    server = start_server(model_dir=model_repo, admin_keys=ADMIN_KEY)
     response = _load(server.url, "ghost")
     assert response.status_code == 404 and "ghost" in v2_error(response)

@@ -73,21 +73,26 @@ def _raw_exchange(port: int, data: bytes, wait_s: float = 10.0) -> bytes:
         return answer
 
 
-POST = b"POST /v1/models/lenet5-fashion/classify HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+POST = (
+    b"POST /v1/models/lenet5-fashion/classify HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: image/png\r\n"
+)
 RAW_CASES = {
     "request-line-garbage": b"GARBAGE\r\n\r\n",
     "binary-noise": bytes(range(256)) * 4,
-    "http-version-9.9": b"GET /health/live HTTP/9.9\r\nHost: t\r\n\r\n",
+    "http-version-9.9": b"GET /health/live HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
     "content-length-not-a-number": POST + b"Content-Length: abc\r\n\r\nxx",
     "content-length-past-int64": POST + b"Content-Length: 99999999999999999999999\r\n\r\n",
     "two-content-lengths": POST + b"Content-Length: 4\r\nContent-Length: 5\r\n\r\nxxxxx",
     "content-length-and-chunked": POST
     + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "broken-chunk-size": POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nxx\r\n0\r\n\r\n",
-    "nul-in-a-header": b"GET /health/live HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\n\r\n",
-    "bare-cr-in-request-id": b"GET /health/live HTTP/1.1\r\nHost: t\r\nX-Request-ID: a\rb\r\n\r\n",
-    "url-of-100-kib": b"GET /v1/models?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
-    "dot-dot-segments": b"GET /v1/models/../../../etc/passwd HTTP/1.1\r\nHost: t\r\n\r\n",
+    "nul-in-a-header": b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\x00b\r\n\r\n",
+    "bare-cr-in-request-id": (
+        b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: a\rb\r\n\r\n"
+    ),
+    "url-of-100-kib": b"GET /v1/models?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "dot-dot-segments": b"GET /v1/models/../../../etc/passwd HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
 }
 
 
@@ -209,7 +214,7 @@ def test_a_header_block_of_16_mib_is_refused_without_buffering_it(
 ) -> None:
     before = rss_mib(server.process.pid)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\nX-Big: ")
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
         try:
             for _ in range(16):
                 sock.sendall(b"a" * (1 << 20))

@@ -10,13 +10,20 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from hostile_corpus import V2, Case, by_kind, send
+from hostile_corpus import ADMIN_KEY, V2, Case, by_kind, send
 from reliability_kit import Summary, proc_status, rss_mib
-from testkit import LiveServer
+from testkit import LiveServer, ServerFactory
 
 from model_export.datasets import Split
 
 OUTCOMES: dict[str, tuple[Case, int | str, str | None]] = {}
+
+
+@pytest.fixture(scope="module")
+def server(module_server_factory: ServerFactory) -> LiveServer:
+    """The default server plus the corpus's admin key: the repository cases test the
+    endpoints themselves, past the key (tests/reliability/test_control_plane.py tests it)."""
+    return module_server_factory(admin_keys=ADMIN_KEY)
 
 
 def _infer(client: httpx.Client, images: np.ndarray) -> httpx.Response:

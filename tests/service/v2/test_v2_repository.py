@@ -2,7 +2,9 @@
 without a restart, with readiness right and no request failing during a swap.
 
 Each test works on its own copy of a model under a new name, so the shared server's
-default models are never touched.
+default models are never touched. Every repository call carries the server's admin key as
+a header (tritonclient sends its load and unload bodies without a Content-Type, which the
+server takes); tests/reliability/test_control_plane.py checks the refusals.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import orjson
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
-from v2_support import Server, normalise
+from v2_support import ADMIN, Server, normalise
 
 SOURCE = "lenet5-fashion"
 
@@ -38,7 +40,7 @@ def _copy(server: Server, name: str, source: str = SOURCE) -> Path:
 
 
 def _index(client: triton.InferenceServerClient) -> dict[tuple[str, str | None], dict[str, str]]:
-    rows = client.get_model_repository_index()
+    rows = client.get_model_repository_index(headers=ADMIN)
     assert isinstance(rows, list)
     return {(row["name"], row.get("version")): row for row in rows}
 
@@ -62,9 +64,9 @@ def test_index_lists_every_model_with_its_state(client: triton.InferenceServerCl
 
 def test_index_can_list_ready_models_only(http: httpx.Client, server: Server) -> None:
     _copy(server, "never-loaded")
-    everything = http.post("/v2/repository/index").json()
+    everything = http.post("/v2/repository/index", headers=ADMIN).json()
     assert {"name": "never-loaded", "state": "UNAVAILABLE", "reason": "not loaded"} in everything
-    ready = http.post("/v2/repository/index", json={"ready": True}).json()
+    ready = http.post("/v2/repository/index", json={"ready": True}, headers=ADMIN).json()
     assert ready and all(row["state"] == "READY" for row in ready)
     assert "never-loaded" not in {row["name"] for row in ready}
 
@@ -74,7 +76,7 @@ def test_a_new_model_folder_loads_and_serves(
 ) -> None:
     _copy(server, "lenet-added")
     assert not client.is_model_ready("lenet-added")
-    client.load_model("lenet-added")
+    client.load_model("lenet-added", headers=ADMIN)
     assert client.is_model_ready("lenet-added")
     assert _index(client)[("lenet-added", "1")]["state"] == "READY"
     x = normalise(fashion_images[:4], SOURCE)
@@ -87,13 +89,13 @@ def test_a_new_version_folder_takes_over(
     client: triton.InferenceServerClient, server: Server, fashion_images: npt.NDArray[np.uint8]
 ) -> None:
     folder = _copy(server, "swapped")
-    client.load_model("swapped")
+    client.load_model("swapped", headers=ADMIN)
     x = normalise(fashion_images[:4], SOURCE)
     assert _infer(client, "swapped", x)[0] == "1"
     # Version 2 is another network with the same input, output and labels.
     (folder / "2").mkdir()
     shutil.copy(server.model_dir / "resnet-fashion" / "1" / "model.onnx", folder / "2")
-    client.load_model("swapped")
+    client.load_model("swapped", headers=ADMIN)
     assert client.get_model_metadata("swapped")["versions"] == ["1", "2"]
     version, logits = _infer(client, "swapped", x)
     assert version == "2"
@@ -107,9 +109,9 @@ def test_unload_removes_a_model(
     client: triton.InferenceServerClient, server: Server, http: httpx.Client
 ) -> None:
     _copy(server, "short-lived")
-    client.load_model("short-lived")
+    client.load_model("short-lived", headers=ADMIN)
     assert client.is_model_ready("short-lived")
-    client.unload_model("short-lived")
+    client.unload_model("short-lived", headers=ADMIN)
     assert not client.is_model_ready("short-lived")
     assert http.get("/v2/models/short-lived/ready").status_code == 404
     x = np.zeros((1, 1, 28, 28), dtype=np.float32)
@@ -118,9 +120,9 @@ def test_unload_removes_a_model(
     assert caught.value.status() == "404"
     assert _index(client)[("short-lived", None)]["reason"] == "not loaded"
     with pytest.raises(InferenceServerException) as again:
-        client.unload_model("short-lived")
+        client.unload_model("short-lived", headers=ADMIN)
     assert again.value.status() == "404"
-    client.load_model("short-lived")  # and back, from the same folder
+    client.load_model("short-lived", headers=ADMIN)  # and back, from the same folder
     assert client.is_model_ready("short-lived")
 
 
@@ -128,7 +130,7 @@ def test_requests_during_reloads_all_succeed(
     client: triton.InferenceServerClient, server: Server, fashion_images: npt.NDArray[np.uint8]
 ) -> None:
     folder = _copy(server, "busy")
-    client.load_model("busy")
+    client.load_model("busy", headers=ADMIN)
     x = normalise(fashion_images[:2], SOURCE)
     request = orjson.dumps(
         {
@@ -159,11 +161,11 @@ def test_requests_during_reloads_all_succeed(
         thread.start()
     try:
         time.sleep(0.3)
-        client.load_model("busy")  # the same version again
+        client.load_model("busy", headers=ADMIN)  # the same version again
         (folder / "2").mkdir()
         shutil.copy(folder / "1" / "model.onnx", folder / "2")
-        client.load_model("busy")  # a new version
-        client.load_model("busy")
+        client.load_model("busy", headers=ADMIN)  # a new version
+        client.load_model("busy", headers=ADMIN)
         time.sleep(0.3)
     finally:
         stop.set()
@@ -183,10 +185,10 @@ def test_only_direct_model_folders_load(http: httpx.Client, server: Server, name
         shutil.copytree(server.model_dir / SOURCE, hidden)
         (server.model_dir / "notes.txt").write_text("not a model")
     for action in ("load", "unload"):
-        response = http.post(f"/v2/repository/models/{name}/{action}")
+        response = http.post(f"/v2/repository/models/{name}/{action}", headers=ADMIN)
         assert 400 <= response.status_code < 500, response.text
         assert isinstance(response.json()["error"], str)
-    listed = {row["name"] for row in http.post("/v2/repository/index").json()}
+    listed = {row["name"] for row in http.post("/v2/repository/index", headers=ADMIN).json()}
     assert not listed & {".hidden", "notes.txt", ".."}
 
 
@@ -196,7 +198,7 @@ def test_a_model_that_fails_to_load_says_why(
     folder = _copy(server, "broken")
     (folder / "1" / "model.onnx").write_bytes(b"not an onnx model")
     with pytest.raises(InferenceServerException) as caught:
-        client.load_model("broken")
+        client.load_model("broken", headers=ADMIN)
     assert caught.value.status() == "400"
     assert "failed to load 'broken'" in str(caught.value.message())
     row = _index(client)[("broken", "1")]
@@ -210,11 +212,11 @@ def test_a_failed_reload_keeps_the_model_serving(
 ) -> None:
     """Triton's rule: a reload that fails leaves the loaded model as it was."""
     folder = _copy(server, "steady")
-    client.load_model("steady")
+    client.load_model("steady", headers=ADMIN)
     (folder / "2").mkdir()
     (folder / "2" / "model.onnx").write_bytes(b"half-written upload")
     with pytest.raises(InferenceServerException) as caught:
-        client.load_model("steady")
+        client.load_model("steady", headers=ADMIN)
     assert caught.value.status() == "400"
     assert "failed to load 'steady'" in str(caught.value.message())
     assert client.is_model_ready("steady")
@@ -224,9 +226,11 @@ def test_a_failed_reload_keeps_the_model_serving(
 
 def test_config_overrides_are_refused(http: httpx.Client) -> None:
     response = http.post(
-        f"/v2/repository/models/{SOURCE}/load", json={"parameters": {"config": "{}"}}
+        f"/v2/repository/models/{SOURCE}/load",
+        json={"parameters": {"config": "{}"}},
+        headers=ADMIN,
     )
     assert response.status_code == 400
     assert "not supported" in response.json()["error"]
-    bad = http.post(f"/v2/repository/models/{SOURCE}/load", content=b"{nope")
+    bad = http.post(f"/v2/repository/models/{SOURCE}/load", content=b"{nope", headers=ADMIN)
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]

@@ -12,6 +12,10 @@ from testkit import MODELS
 
 FASHION_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 FASHION_MODELS = ("lenet5-fashion", "vggnet-fashion", "resnet-fashion")
+# The session's server takes this admin key (CNNSERVE_ADMIN_KEYS): the model repository
+# extension needs it, passed as a header (tritonclient: ``headers=ADMIN``).
+ADMIN_KEY = "v2-tests-admin-key"
+ADMIN = {"X-API-Key": ADMIN_KEY}
 
 
 @dataclass(frozen=True)
