@@ -14,6 +14,10 @@ import typer
 
 __all__ = ["register"]
 
+ModelDir = Annotated[
+    Path | None,
+    typer.Option(help="the model repository; default: CNNSERVE_MODEL_DIR, else models"),
+]
 TRAIN_EXTRA_HINT = "this command needs the train extra: pip install 'cnnserve[train,serve,cpu]'"
 
 
@@ -80,16 +84,19 @@ def train(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a run folder written by `cnnserve train`")],
     name: Annotated[str, typer.Option(help="model name in the repository")],
-    model_dir: Annotated[Path, typer.Option(help="the model repository")] = Path("models"),
+    model_dir: ModelDir = None,
     opset: Annotated[int, typer.Option(min=17)] = 17,
 ) -> None:
     """Export a run to ONNX as the next version of NAME, verified against PyTorch."""
     _require_torch()
     from model_export.errors import ExportPipelineError
     from model_export.export import export_run
+    from model_export.repository import default_model_dir
 
     try:
-        result = export_run(run_dir, name=name, model_dir=model_dir, opset=opset)
+        result = export_run(
+            run_dir, name=name, model_dir=model_dir or default_model_dir(), opset=opset
+        )
     except ExportPipelineError as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(result.to_json()))
@@ -97,15 +104,16 @@ def export(
 
 def import_pretrained(
     name: Annotated[str, typer.Argument(help="mobilenetv2-imagenet")],
-    model_dir: Annotated[Path, typer.Option(help="the model repository")] = Path("models"),
+    model_dir: ModelDir = None,
 ) -> None:
     """Build a pretrained network in PyTorch, load its weights and export it, verified."""
     _require_torch()
     from model_export.errors import ExportPipelineError
     from model_export.pretrained import import_pretrained as run_import
+    from model_export.repository import default_model_dir
 
     try:
-        result = run_import(name, model_dir=model_dir)
+        result = run_import(name, model_dir=model_dir or default_model_dir())
     except ExportPipelineError as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(result.to_json()))
@@ -123,10 +131,19 @@ def import_onnx(
     color: Annotated[str, typer.Option(help="rgb or grey")] = "rgb",
     resize: Annotated[str, typer.Option(help="stretch or center-crop")] = "center-crop",
     resize_shorter: Annotated[int | None, typer.Option(help="shorter side before the crop")] = None,
-    output: Annotated[str, typer.Option(help="logits or probabilities")] = "logits",
-    model_dir: Annotated[Path, typer.Option(help="the model repository")] = Path("models"),
+    output: Annotated[
+        str,
+        typer.Option(
+            help="auto (a graph ending in Softmax gives probabilities), logits or probabilities"
+        ),
+    ] = "auto",
+    layout: Annotated[
+        str, typer.Option(help="auto (where the channel count sits), nchw or nhwc")
+    ] = "auto",
+    model_dir: ModelDir = None,
 ) -> None:
-    """Check a user's ONNX classifier and copy it into the repository with a model.json."""
+    """Check a user's ONNX classifier and copy it into the repository with a model.json
+    (works from the install `make serve` makes: no torch)."""
     from model_export.errors import ExportPipelineError
     from model_export.onnx_import import ImportSpec, import_onnx_model
 
@@ -138,6 +155,7 @@ def import_onnx(
         resize=resize,
         resize_shorter=resize_shorter,
         output_kind=output,
+        layout=layout,
     )
     try:
         result = import_onnx_model(

@@ -1,8 +1,9 @@
-"""Real photographs shipped inside installed packages (never downloaded).
+"""Real photographs to check imported models on (never downloaded).
 
-scikit-image ships chelsea (a cat), coffee, astronaut, rocket and a motorcycle stereo pair;
-scikit-learn ships china.jpg and flower.jpg. Used to verify exports of ImageNet models and
-by the tests.
+The service ships three (chelsea, coffee, motorcycle: service/static/samples), so a `make
+serve` install always has some; scikit-image ships chelsea (a cat), coffee, astronaut, rocket
+and a motorcycle stereo pair, and scikit-learn china.jpg and flower.jpg, used where installed
+(the tests, the reports).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 __all__ = ["photo_paths"]
 
+_SERVICE = ("chelsea.jpg", "coffee.jpg", "motorcycle.jpg")
 _SKIMAGE = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
 _SKLEARN = ("china.jpg", "flower.jpg")
 
@@ -22,9 +24,11 @@ def _package_dir(name: str) -> Path | None:
 
 
 def photo_paths() -> dict[str, Path]:
-    """Name (file stem) -> path of every bundled photo found in the installed packages."""
+    """Name (file stem) -> path of every photo found: the service's samples, then those of
+    scikit-image and scikit-learn where installed (they win for a shared name)."""
     found: dict[str, Path] = {}
     for package, folder, names in (
+        ("service", "static/samples", _SERVICE),
         ("skimage", "data", _SKIMAGE),
         ("sklearn", "datasets/images", _SKLEARN),
     ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,48 @@ def test_import_onnx_cli_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         f"error: output 'logits' has 10 classes but {two} has 2 labels"
     )
+
+
+def test_import_onnx_needs_no_photo_package_and_writes_where_the_server_reads(
+    tmp_path: Path, labels10: Path
+) -> None:
+    """The install `make serve` makes has neither scikit-image nor scikit-learn: the model is
+    checked on the photos the service ships. With no --model-dir, the model goes where the
+    server reads (CNNSERVE_MODEL_DIR), not into ./models."""
+    served = tmp_path / "served"
+    script = (
+        "import sys\n"
+        "sys.modules['skimage'] = sys.modules['sklearn'] = None  # not installed\n"
+        "from cnn_client.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "import-onnx",
+            str(LENET),
+            "--name",
+            "lenet-served",
+            "--labels",
+            str(labels10),
+            "--color",
+            "grey",
+            "--mean",
+            "0.2863",
+            "--std",
+            "0.3532",
+            "--resize",
+            "stretch",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "CNNSERVE_MODEL_DIR": str(served)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["version"] == "1"
+    assert (served / "lenet-served" / "1" / "model.onnx").is_file()
+    assert not (tmp_path / "models").exists()
