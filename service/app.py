@@ -24,6 +24,7 @@ from service.api import health, models, v2
 from service.api.docs import install_docs
 from service.api.handlers import install_handlers
 from service.api.middleware import ServiceMiddleware
+from service.api.openapi import install_openapi
 from service.api.state import AppState
 from service.config import Settings
 from service.dataplane import DataPlane
@@ -98,8 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(v2.router)
-    # Ahead of the APIRoute of the same path, which stays for the OpenAPI document.
     app.router.routes.insert(0, models.CLASSIFY_ROUTE)
+    install_openapi(app)
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/ui", StaticFiles(directory=STATIC_DIR), name="ui")
 

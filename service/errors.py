@@ -50,6 +50,7 @@ __all__ = [
     "UnauthorizedError",
     "UnknownLayerError",
     "UnsupportedMediaTypeError",
+    "codes_by_status",
     "status_for",
 ]
 
@@ -182,6 +183,15 @@ _STATUS: dict[type[ServiceError], int] = {
     DeadlineExceededError: 504,
     ModelOutputError: 500,
 }
+
+
+def codes_by_status() -> dict[int, list[str]]:
+    """Each status the table maps to, with the codes of its errors (for the API's documents)."""
+    codes: dict[int, list[str]] = {}
+    for error, status in _STATUS.items():
+        if error.code not in codes.setdefault(status, []):
+            codes[status].append(error.code)
+    return codes
 
 
 def status_for(error: ServiceError) -> int:

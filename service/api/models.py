@@ -13,10 +13,9 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.api.openapi import error_responses
 from service.api.responses import JSON
 from service.api.schemas import (
-    ClassifyResponse,
-    ErrorResponse,
     FeatureMapResponse,
     InputInfo,
     LayerInfo,
@@ -31,7 +30,7 @@ from service.errors import InvalidParameterError
 from service.repository import ModelEntry
 from service.visualize import feature_grid_png
 
-__all__ = ["CLASSIFY_ROUTE", "classify_route", "model_info", "router"]
+__all__ = ["CLASSIFY_ROUTE", "IMAGE_BODY", "classify_route", "model_info", "router"]
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 CLASSIFY_PATH = "/v1/models/{name}/classify"
@@ -41,20 +40,7 @@ Version = Annotated[
 ]
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        400: "invalid image or parameter",
-        401: "missing or wrong API key",
-        404: "unknown model or version",
-        413: "body, image count or image too large",
-        415: "unsupported Content-Type",
-        503: "model unavailable or overloaded",
-        504: "deadline exceeded",
-    }
-    return {s: {"model": ErrorResponse, "description": described[s]} for s in statuses}
-
-
-_IMAGE_BODY = {
+IMAGE_BODY = {
     "requestBody": {
         "required": True,
         "content": {
@@ -135,7 +121,10 @@ def model_info(entry: ModelEntry, version: str | None = None) -> ModelInfo:
 
 
 @router.get(
-    "", response_model=ModelList, summary="Every model in the repository", responses=_errors(401)
+    "",
+    response_model=ModelList,
+    summary="Every model in the repository",
+    responses=error_responses(401),
 )
 async def list_models(state: State) -> JSON:
     infos = [model_info(entry).model_dump() for entry in state.repository.entries()]
@@ -146,7 +135,7 @@ async def list_models(state: State) -> JSON:
     "/{name}",
     response_model=ModelInfo,
     summary="One model: input, labels, layers",
-    responses=_errors(400, 401, 404),
+    responses=error_responses(400, 401, 404),
 )
 async def get_model(state: State, name: str, version: Version = None) -> JSON:
     entry = state.repository.entry(name)
@@ -155,32 +144,13 @@ async def get_model(state: State, name: str, version: Version = None) -> JSON:
     return JSON(model_info(entry, version).model_dump())
 
 
-@router.post(
-    "/{name}/classify",
-    response_model=ClassifyResponse,
-    summary="Classify one or more images",
-    description=f"Send images as multipart field(s) `{FIELD}`, or one raw body with "
-    "`Content-Type: image/*`. Results come back in request order with their filenames.",
-    responses=_errors(400, 401, 404, 413, 415, 503, 504),
-    openapi_extra=_IMAGE_BODY,
-)
-async def classify(
-    request: Request,
-    state: State,
-    name: str,
-    version: Version = None,
-    top_k: Annotated[int, Query(description="predictions per image (1..classes)")] = 5,
-) -> JSON:
-    """The documented route; requests are served by ``classify_route`` (same code)."""
-    return await _classify(request, state, name, version, top_k)
-
-
 _VERSION = re.compile(r"^[0-9]{1,9}$")
 _INTEGER = re.compile(r"^\s*[+-]?[0-9]{1,18}\s*$")
 
 
 def _parameter_error(parameter: str, problem: str) -> InvalidParameterError:
-    """The error FastAPI's validation gives the documented route, shape and words."""
+    """A bad query parameter, in the shape and words of FastAPI's validation errors on the
+    other routes (service.api.handlers)."""
     return InvalidParameterError(
         f"{parameter}: {problem}", errors=[{"parameter": parameter, "problem": problem}]
     )
@@ -189,7 +159,7 @@ def _parameter_error(parameter: str, problem: str) -> InvalidParameterError:
 async def classify_route(request: Request) -> JSON:
     """POST /v1/models/{name}/classify as a plain Starlette route: the hot path, without
     FastAPI's dependency injection and validation (docs/performance.md measures it). Its
-    two query parameters are checked here as FastAPI checks the documented route's."""
+    two query parameters are checked here; service.api.openapi documents it."""
     query = request.query_params
     version = query.get("version")
     if version is not None and not _VERSION.match(version):
@@ -261,10 +231,10 @@ def _npy(array: np.ndarray) -> bytes:
     description="`layer` is repeatable for JSON; `png` (a tiled, colour-mapped grid of the "
     "channels) and `npy` (numpy's format, C x H x W float32) take exactly one layer.",
     responses={
-        **_errors(400, 401, 404, 413, 415, 503, 504),
+        **error_responses(400, 401, 404, 413, 415, 503, 504),
         200: {"content": {"image/png": {}, "application/x-npy": {}}},
     },
-    openapi_extra=_IMAGE_BODY,
+    openapi_extra=IMAGE_BODY,
 )
 async def feature_maps(
     request: Request,
@@ -312,4 +282,5 @@ def _check_response_size(activation_bytes: int | None, format: str, limit: int) 
         )
 
 
+# Documented by service.api.openapi (a Starlette route is not in FastAPI's document).
 CLASSIFY_ROUTE = Route(CLASSIFY_PATH, classify_route, methods=["POST"], include_in_schema=False)

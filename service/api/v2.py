@@ -18,6 +18,7 @@ from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from service.api.health import health_report
+from service.api.openapi import error_responses
 from service.api.responses import JSON
 from service.api.state import AppState, State
 from service.api.uploads import read_body
@@ -47,7 +48,7 @@ Version = Annotated[str, Path(pattern=r"^[0-9]{1,9}$", description="a model vers
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": V2Error} for status in statuses}
+    return error_responses(*statuses, v2=True)
 
 
 # -- health and metadata -----------------------------------------------------------------
@@ -99,8 +100,14 @@ async def model_ready(state: State, name: str) -> JSON:
     "/models/{name}/versions/{version}/ready",
     response_model=ModelReady,
     summary="Model version readiness",
-    # 400: not ready ({"name", "ready": false}), or a malformed version ({"error": ...}).
-    responses={400: {"model": ModelReady | V2Error}, **_errors(404)},
+    responses={
+        400: {
+            "model": ModelReady | V2Error,
+            "description": 'not ready ({"name", "ready": false}), or a malformed version '
+            '({"error": "..."})',
+        },
+        **_errors(404),
+    },
 )
 async def model_version_ready(state: State, name: str, version: Version) -> JSON:
     return _model_ready(state, name, version)

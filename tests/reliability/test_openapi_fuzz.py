@@ -1,8 +1,8 @@
 """Schemathesis against the service's own OpenAPI document, on a real server process.
 
 Every operation /openapi.json declares gets generated requests (valid and invalid by the
-schema, bounded in examples); no answer may be a 5xx, and every answer must match the
-response schema the document declares for its status.
+schema, bounded in examples); no answer may be a 5xx, every status must be one the document
+declares for the operation, and every answer must match the schema declared for its status.
 """
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ import hypothesis
 import pytest
 import schemathesis
 from reliability_kit import Summary
-from schemathesis.checks import not_a_server_error, response_schema_conformance
+from schemathesis.checks import (
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from testkit import MODELS, LiveServer, ServerFactory
 
 from service.app import create_app
@@ -49,7 +53,10 @@ def test_no_5xx_and_every_answer_matches_its_schema(
     response = case.call(base_url=fuzzed_server.url, timeout=30)
     TALLY[f"{response.status_code // 100}xx"] = TALLY.get(f"{response.status_code // 100}xx", 0) + 1
     TALLY["requests"] = TALLY.get("requests", 0) + 1
-    case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+    case.validate_response(
+        response,
+        checks=[not_a_server_error, status_code_conformance, response_schema_conformance],
+    )
     TALLY["passed"] = TALLY.get("passed", 0) + 1
 
 
@@ -60,8 +67,8 @@ def test_fuzzing_left_the_server_healthy(fuzzed_server: LiveServer, summary: Sum
         "fuzz/schemathesis",
         area="fuzzing",
         tried=f"Schemathesis {schemathesis.__version__}: {operations} operations of "
-        f"/openapi.json, up to {EXAMPLES} examples each; checks not_a_server_error and "
-        "response_schema_conformance",
+        f"/openapi.json, up to {EXAMPLES} examples each; checks not_a_server_error, "
+        "status_code_conformance and response_schema_conformance",
         held=TALLY.get("requests", 0) == TALLY.get("passed", -1) and not TALLY.get("5xx"),
         operations=operations,
         **TALLY,

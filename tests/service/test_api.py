@@ -17,6 +17,7 @@ from testkit import MODELS, png
 from model_export.datasets import Split
 from service.app import create_app
 from service.config import Settings
+from service.errors import codes_by_status
 
 FASHION = ["lenet5-fashion", "vggnet-fashion", "resnet-fashion"]
 
@@ -409,6 +410,21 @@ def test_openapi_documents_every_endpoint_and_its_errors(client: TestClient) -> 
         "/metrics",
     } <= set(spec["paths"])
     assert client.get("/docs").status_code == 200
+    operations = [(path, op) for path, item in spec["paths"].items() for op in item.values()]
+    assert not [path for path, op in operations if "422" in op["responses"]]  # never answered
+    # Every error status names its codes, from the one table in service.errors.
+    table = codes_by_status()
+    errors = [{"$ref": f"#/components/schemas/{name}"} for name in ("ErrorResponse", "V2Error")]
+    for path, op in operations:
+        for status, response in op["responses"].items():
+            schema = response.get("content", {}).get("application/json", {}).get("schema")
+            if schema in errors:
+                assert response["description"] == ", ".join(table[int(status)]), (path, status)
+    assert "401" in spec["paths"]["/metrics"]["get"]["responses"]
+    assert "401" in spec["paths"]["/v2/models/{name}/infer"]["post"]["responses"]
+    assert "401" not in spec["paths"]["/health/ready"]["get"]["responses"]
+    parameters = {p["name"] for p in classify["parameters"]}
+    assert parameters == {"name", "version", "top_k"}
 
 
 def test_request_ids_and_security_headers(client: TestClient) -> None:
