@@ -1,15 +1,26 @@
-"""All configuration: one settings class, read from CNNSERVE_* environment variables."""
+"""All configuration: one settings class, read from CNNSERVE_* environment variables.
+
+A keyword the class does not know is an error (a typo in code or a test must not pass
+silently). An environment variable with the prefix that names no setting is only worth a
+warning (``unknown_variables``): Kubernetes injects CNNSERVE_SERVICE_HOST and the like for a
+Service of that name, so refusing them would make a pod fail to start for a name.
+"""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["ANY_HOST", "LOOPBACK_NAMES", "Settings"]
+__all__ = ["ANY_HOST", "LOOPBACK_NAMES", "PREFIX", "Settings", "unknown_variables"]
+
+PREFIX = "CNNSERVE_"
 
 MiB = 1024 * 1024
 ANY_HOST = "*"
@@ -47,7 +58,7 @@ class Settings(BaseSettings):
 
     # hide_input_in_errors: a refused key must not be printed in the refusal.
     model_config = SettingsConfigDict(
-        env_prefix="CNNSERVE_", extra="ignore", frozen=True, hide_input_in_errors=True
+        env_prefix=PREFIX, extra="forbid", frozen=True, hide_input_in_errors=True
     )
 
     host: str = "127.0.0.1"
@@ -139,3 +150,35 @@ class Settings(BaseSettings):
             return self
         names = dict.fromkeys([*LOOPBACK_NAMES, self.host.lower()])
         return self.model_copy(update={"allowed_hosts": list(names)})
+
+
+# Variables the project's own tools read beside the server's settings: the CLI's, the
+# datasets', and those docker-compose.yml substitutes (which never reach the container).
+_NOT_SETTINGS = frozenset(
+    {
+        "CNNSERVE_URL",
+        "CNNSERVE_API_KEY",
+        "CNNSERVE_DEBUG",
+        "CNNSERVE_FASHION_MNIST_DIR",
+        "CNNSERVE_BIND",
+        "CNNSERVE_MODELS",
+        "CNNSERVE_IMAGE",
+        "CNNSERVE_GPU_IMAGE",
+        "CNNSERVE_GPU_PORT",
+        "CNNSERVE_GPU_PROVIDERS",
+        "CNNSERVE_GPU_COUNT",
+    }
+)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """Each CNNSERVE_ variable that names no setting, with the closest setting's variable
+    (None when nothing is close)."""
+    environ = os.environ if environ is None else environ
+    known = [PREFIX + name.upper() for name in Settings.model_fields]
+    unknown = []
+    for name in sorted(environ):
+        if name.startswith(PREFIX) and name not in known and name not in _NOT_SETTINGS:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            unknown.append((name, close[0] if close else None))
+    return unknown

@@ -40,6 +40,7 @@ __all__ = [
     "decode_rows",
     "image_error",
     "open_all",
+    "pixels_of",
 ]
 
 Images = Sequence[tuple[str | None, bytes]]  # (filename, bytes), in request order

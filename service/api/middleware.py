@@ -1,21 +1,16 @@
 """One pure-ASGI middleware for what every request needs before and after its endpoint.
 
 In order: a request id (``X-Request-ID`` kept when sane, else generated, always returned);
-the Host header against ``Settings.host_names`` (DNS rebinding: 400 ``invalid_host``, probes
-included); the model repository API (``/v2/repository/``) only with an admin key, and only
-when CNNSERVE_ADMIN_KEYS is set (else 403 ``forbidden``), never with a CORS "simple"
-content type (415); API keys when configured (``Authorization: Bearer`` or ``X-API-Key``,
-the raw header bytes compared with each key's UTF-8 bytes in constant time; admin keys are
-accepted too; the health probes, CORS preflights and the web page's static files are open);
-the body size limit (from ``Content-Length`` up front, and counted while streaming); the
-request deadline (``request_timeout_s`` from the request's arrival to the response's start:
-reading the body, decoding, queueing and inference all count, and what is still running is
-cancelled; a repository request's deadline covers reading its body only: a model load then
-finishes whatever the caller does); a client that hangs up while its request waits cancels
-it the same way (its images leave the batch queue: abandoned work must not hold capacity
-others need); from SIGTERM on, no request runs past the drain's end: one still running
-then is answered 503 ``shutting_down`` with ``Connection: close``; security headers; one
-structured access-log line and the request metrics.
+who may call what (``service.api.access``: the Host header, API keys, admin keys for the
+model repository); the body size limit (from ``Content-Length`` up front, and counted while
+streaming); the request deadline (``request_timeout_s`` from the request's arrival to the
+response's start: reading the body, decoding, queueing and inference all count, and what is
+still running is cancelled; a repository request's deadline covers reading its body only: a
+model load then finishes whatever the caller does); a client that hangs up while its request
+waits cancels it the same way (its images leave the batch queue: abandoned work must not
+hold capacity others need); from SIGTERM on, no request runs past the drain's end: one still
+running then is answered 503 ``shutting_down`` with ``Connection: close``; security headers;
+one structured access-log line and the request metrics.
 Image bytes and keys are never logged.
 """
 
@@ -23,49 +18,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.access import REPOSITORY_PREFIX, AccessRules, header
 from service.api.handlers import CLIENT_CLOSED, service_error_response
 from service.api.state import AppState
-from service.config import ANY_HOST
 from service.errors import (
     BodyTooLargeError,
     DeadlineExceededError,
-    ForbiddenError,
-    InvalidHostError,
     InvalidParameterError,
     ServiceError,
     ShuttingDownError,
     UnauthorizedError,
-    UnsupportedMediaTypeError,
 )
 
-__all__ = ["ServiceMiddleware", "host_name", "key_matches"]
+__all__ = ["ServiceMiddleware"]
 
 log = logging.getLogger("cnnserve.access")
 
-OPEN_PATHS = frozenset(
-    {"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/", "/favicon.ico"}
-)
-OPEN_PREFIXES = ("/ui/",)
 UNCOUNTED_PATHS = frozenset(
     {"/health/live", "/health/ready", "/metrics", "/v2/health/live", "/v2/health/ready"}
-)
-REPOSITORY_PREFIX = "/v2/repository/"
-# Content types a page on any site may POST without a CORS preflight: a browser would let
-# it reach the repository API with no say from this server.
-SIMPLE_CONTENT_TYPES = frozenset(
-    {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"}
 )
 # A request that has not answered this long after its body arrived starts listening for its
 # client hanging up: quicker ones never pay for the listener (a task per request).
@@ -83,60 +63,6 @@ _SECURITY_HEADERS = [
         b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     ),
 ]
-
-
-def _raw_header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    value = _raw_header(scope, name)
-    return None if value is None else value.decode("latin-1")
-
-
-def _presented_key(scope: Scope) -> bytes | None:
-    """The key as sent: raw header bytes (a UTF-8 key arrives as its UTF-8 bytes)."""
-    auth = _raw_header(scope, b"authorization")
-    if auth and auth[:7].lower() == b"bearer ":
-        return auth[7:].strip()
-    return _raw_header(scope, b"x-api-key")
-
-
-def _preflight(scope: Scope) -> bool:
-    """A CORS preflight: browsers send it without credentials, by the Fetch standard, so
-    it cannot carry a key. CORSMiddleware answers it (or, with CORS off, the app's 405);
-    it never reaches an endpoint."""
-    return (
-        scope["method"] == "OPTIONS"
-        and _raw_header(scope, b"origin") is not None
-        and _raw_header(scope, b"access-control-request-method") is not None
-    )
-
-
-def key_matches(presented: bytes | str | None, keys: Sequence[SecretStr]) -> bool:
-    """Constant-time comparison of the presented bytes with every key's UTF-8 bytes (no
-    early exit)."""
-    if not presented:
-        return False
-    given = presented.encode() if isinstance(presented, str) else presented
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(given, key.get_secret_value().encode())
-    return found
-
-
-def host_name(value: bytes) -> str:
-    """The host of a Host header, lower-cased, without its port or a trailing dot."""
-    text = value.decode("latin-1").strip().lower()
-    if text.startswith("["):  # [v6] or [v6]:port
-        end = text.find("]")
-        return text[: end + 1] if end > 0 else text
-    if text.count(":") == 1:  # name:port (a bare v6 address has several colons)
-        text = text.split(":", 1)[0]
-    return text.rstrip(".")
 
 
 def _disarm(deadline: asyncio.Timeout) -> None:
@@ -218,7 +144,7 @@ class ServiceMiddleware:
         self.state = state
         # Requests between their deadline's start and their response's: what SIGTERM cuts.
         self._running: dict[asyncio.Timeout, _ClientWatch] = {}
-        self._host_names = state.settings.host_names
+        self._access = AccessRules(state.settings)
         state.drain_listeners.append(self._cut_to_drain)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -226,7 +152,7 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        given = _header(scope, b"x-request-id")
+        given = header(scope, b"x-request-id")
         request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
@@ -304,7 +230,7 @@ class ServiceMiddleware:
 
     def _refuse(self, scope: Scope) -> Response | None:
         """An error response to send instead of calling the app, or None."""
-        error = self._access_error(scope)
+        error = self._access.error(scope)
         headers = None
         if isinstance(error, UnauthorizedError):
             headers = {"WWW-Authenticate": "Bearer"}
@@ -312,63 +238,8 @@ class ServiceMiddleware:
             error = self._length_error(scope)
         return None if error is None else service_error_response(Request(scope), error, headers)
 
-    def _access_error(self, scope: Scope) -> ServiceError | None:
-        settings = self.state.settings
-        path = scope["path"]
-        if not self._host_allowed(scope):
-            host = _header(scope, b"host")
-            shown = "no Host header" if host is None else f"the host {host[:100]!r}"
-            return InvalidHostError(
-                f"this server does not answer to {shown}; CNNSERVE_ALLOWED_HOSTS lists the "
-                "names it answers to",
-                host=host[:100] if host is not None else None,
-            )
-        if path.startswith(REPOSITORY_PREFIX):
-            if not settings.admin_keys:
-                return ForbiddenError(
-                    "the model repository API is off: set CNNSERVE_ADMIN_KEYS to turn it on "
-                    "(its requests then need one of those keys)"
-                )
-            if _preflight(scope):
-                return None
-            if not key_matches(_presented_key(scope), settings.admin_keys):
-                return UnauthorizedError(
-                    "the model repository API needs an admin API key (one of CNNSERVE_ADMIN_KEYS, "
-                    "as Authorization: Bearer <key> or X-API-Key)"
-                )
-            media = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
-            if scope["method"] == "POST" and media in SIMPLE_CONTENT_TYPES:
-                return UnsupportedMediaTypeError(
-                    f"the model repository API takes application/json, not {media}",
-                    content_type=media,
-                )
-            return None
-        authenticated = not settings.api_keys or self._known_key(_presented_key(scope))
-        scope["state"]["authenticated"] = authenticated
-        open_path = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or _preflight(scope)
-        if not authenticated and not open_path:
-            return UnauthorizedError(
-                "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"
-            )
-        return None
-
-    def _known_key(self, presented: bytes | None) -> bool:
-        settings = self.state.settings
-        # Both lists, always: which one a key is in must not show in the time taken.
-        inference = key_matches(presented, settings.api_keys)
-        admin = key_matches(presented, settings.admin_keys)
-        return inference or admin
-
-    def _host_allowed(self, scope: Scope) -> bool:
-        names = self._host_names
-        if ANY_HOST in names:
-            return True
-        hosts = [value for key, value in scope["headers"] if key == b"host"]
-        # None (HTTP/1.0) or several (which one would a proxy have used?): refused.
-        return len(hosts) == 1 and host_name(hosts[0]) in names
-
     def _length_error(self, scope: Scope) -> ServiceError | None:
-        length = _header(scope, b"content-length")
+        length = header(scope, b"content-length")
         limit = self.state.settings.max_body_bytes
         if length is None:
             return None

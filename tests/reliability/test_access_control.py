@@ -24,7 +24,7 @@ from reliability_kit import TIMEOUT, Summary, native_error, v2_error
 from testkit import LiveServer, ServerFactory, png
 
 from model_export.datasets import Split
-from service.api import middleware
+from service.api import access
 from service.config import Settings
 
 KEYS = [f"rel-key-{secrets.token_hex(12)}", f"rel-key-{secrets.token_hex(12)}"]
@@ -128,17 +128,17 @@ def test_keys_are_compared_against_every_key_without_an_early_exit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     compared: list[bytes] = []
-    real = middleware.hmac.compare_digest
+    real = access.hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         compared.append(b)
         return real(a, b)
 
-    monkeypatch.setattr(middleware.hmac, "compare_digest", spy)
+    monkeypatch.setattr(access.hmac, "compare_digest", spy)
     keys = Settings(api_keys=",".join(KEYS)).api_keys
-    assert middleware.key_matches(KEYS[0], keys)  # the first key matches...
+    assert access.key_matches(KEYS[0], keys)  # the first key matches...
     assert len(compared) == 2  # ...and the second is compared all the same
-    assert not middleware.key_matches(WRONG, keys) and len(compared) == 4
+    assert not access.key_matches(WRONG, keys) and len(compared) == 4
 
 
 def test_keys_never_appear_in_logs_responses_or_settings(

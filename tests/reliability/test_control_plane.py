@@ -34,7 +34,7 @@ from testkit import LiveServer, ServerFactory, free_port, metric_value, png
 
 from model_export.datasets import Split
 from service.config import Settings
-from service.server import BoundedH11Protocol
+from service.connections import BoundedH11Protocol
 
 AREA = "control plane and connections"
 ADMIN_KEY = f"cp-admin-{secrets.token_hex(12)}"

@@ -10,7 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from testkit import ServerFactory, metric_value
+
+from service.config import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -140,3 +143,23 @@ def test_a_worker_that_dies_is_replaced_and_the_service_goes_on(
     assert statuses == {200}
     assert "restarting it" in server.log()
     assert server.stop() == 0
+
+
+def test_an_unknown_variable_is_named_with_the_closest_setting(
+    start_server: ServerFactory,
+) -> None:
+    """A misspelt CNNSERVE_ variable is a warning naming the setting meant (not an error:
+    Kubernetes injects CNNSERVE_SERVICE_HOST for a Service of that name); the server serves."""
+    server = start_server(max_body_byte=5, service_host="10.0.0.1")
+    assert httpx.get(f"{server.url}/health/ready").status_code == 200
+    warnings = [e["message"] for e in server.log_entries() if e["level"] == "warning"]
+    assert (
+        "CNNSERVE_MAX_BODY_BYTE is not a cnnserve setting: ignored; did you mean "
+        "CNNSERVE_MAX_BODY_BYTES?"
+    ) in warnings
+    assert "CNNSERVE_SERVICE_HOST is not a cnnserve setting: ignored" in warnings
+
+
+def test_an_unknown_keyword_to_the_settings_is_an_error() -> None:
+    with pytest.raises(ValidationError, match="max_body_byte"):
+        Settings(max_body_byte=5)  # type: ignore[call-arg]
