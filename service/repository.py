@@ -95,6 +95,15 @@ class ModelEntry:
     def latest(self) -> str | None:
         return self.version_names[-1] if self.version_names else None
 
+    def ready(self, version: str | None = None) -> bool:
+        """Whether requests for ``version`` (the highest when None) are served now: the one
+        rule for a model's readiness, wherever it is reported."""
+        if self.state is ModelState.LOADING:
+            return False
+        if version is None:
+            return self.state is ModelState.READY
+        return version in self.versions
+
     def get(self, version: str | None) -> ModelVersion:
         """The named version, or the highest; raises a domain error when it cannot serve."""
         if self.state is ModelState.LOADING:
@@ -339,12 +348,13 @@ class ModelRepository:
                 self._released.notify_all()
 
     def ready(self) -> bool:
-        """True when nothing is loading and at least one model serves."""
+        """The server's half of readiness: nothing is loading and at least one model serves
+        (``AppState.status`` adds start-up and the drain)."""
         entries = self.entries()
         return (
             bool(entries)
             and all(e.state is not ModelState.LOADING for e in entries)
-            and any(e.state is ModelState.READY for e in entries)
+            and any(e.ready() for e in entries)
         )
 
     def close(self) -> None:

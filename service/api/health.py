@@ -35,12 +35,8 @@ def health_report(state: AppState) -> tuple[bool, HealthResponse]:
                 fallback_reason=fallback,
             )
         )
-    if state.draining:
-        return False, HealthResponse(status="draining", models=models)
-    if state.loading:
-        return False, HealthResponse(status="loading", models=models)
-    ready = state.repository.ready()
-    return ready, HealthResponse(status="ready" if ready else "unavailable", models=models)
+    status = state.status
+    return status == "ready", HealthResponse(status=status, models=models)
 
 
 @router.get("/health/live", summary="Liveness: 200 while the process serves")

@@ -35,6 +35,17 @@ class AppState:
     def repository(self) -> ModelRepository:
         return self.dataplane.repository
 
+    @property
+    def status(self) -> str:
+        """The one readiness rule: "ready" once start-up has tried every model, at least one
+        serves and the server is not draining; else "loading", "draining" or
+        "unavailable". /health/ready, /v2/health/ready and the probes all read this."""
+        if self.draining:
+            return "draining"
+        if self.loading:
+            return "loading"
+        return "ready" if self.repository.ready() else "unavailable"
+
     def begin_drain(self) -> None:
         """Start the drain's clock (on the event loop; once): ``drain_timeout_s`` from now,
         and tell the listeners (the middleware cuts the deadlines of requests in flight)."""

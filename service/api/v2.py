@@ -17,7 +17,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from service.api.health import health_report
 from service.api.openapi import error_responses
 from service.api.responses import JSON
 from service.api.state import AppState, State
@@ -71,7 +70,7 @@ async def server_live() -> JSON:
     responses={400: {"model": ServerReady}},
 )
 async def server_ready(state: State) -> JSON:
-    ready, _ = health_report(state)
+    ready = state.status == "ready"
     return JSON({"ready": ready}, status_code=200 if ready else 400)
 
 
@@ -79,10 +78,7 @@ def _model_ready(state: AppState, name: str, version: str | None) -> JSON:
     entry = state.repository.entry(name)
     if version is not None and version not in entry.version_names:
         raise ModelNotFoundError(f"model {name} has no version {version!r}", model=name)
-    wanted = version or entry.latest
-    ready = entry.state is not ModelState.LOADING and wanted in entry.versions
-    if version is None:
-        ready = ready and entry.state is ModelState.READY
+    ready = entry.ready(version)
     return JSON({"name": name, "ready": ready}, status_code=200 if ready else 400)
 
 
