@@ -20,7 +20,7 @@ from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
 from service import __name__ as _package
-from service.api import health, models, v2
+from service.api import explain, health, models, v2
 from service.api.docs import install_docs
 from service.api.handlers import install_handlers
 from service.api.middleware import ServiceMiddleware
@@ -28,6 +28,7 @@ from service.api.openapi import install_openapi
 from service.api.state import AppState
 from service.config import Settings
 from service.dataplane import DataPlane
+from service.explainer import Explainer
 from service.memory import return_large_buffers
 from service.metrics import Metrics
 from service.repository import BatchingConfig, ModelRepository
@@ -61,7 +62,8 @@ def _build_state(settings: Settings) -> AppState:
     threads = settings.decode_threads or min(8, os.cpu_count() or 1)
     executor = ThreadPoolExecutor(threads, thread_name_prefix="decode")
     dataplane = DataPlane(settings, repository, metrics, executor)
-    return AppState(settings, dataplane, metrics, V2Plane(dataplane, settings))
+    explainer = Explainer(dataplane, metrics, cache_bytes=settings.explain_cache_bytes)
+    return AppState(settings, dataplane, metrics, V2Plane(dataplane, settings), explainer)
 
 
 @asynccontextmanager
@@ -98,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(explain.router)
     app.include_router(v2.router)
     app.router.routes.insert(0, models.CLASSIFY_ROUTE)
     install_openapi(app)

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
         16 * MiB, ge=1, description="the largest feature-map response to encode"
     )
 
+    explain_cache_bytes: int = Field(
+        16 * MiB, ge=0, description="explanations kept for repeated requests; 0: none"
+    )
+
     # Dynamic batching.
     max_batch_size: int = Field(32, ge=1)
     max_queue_delay_ms: float = Field(2.0, ge=0.0)

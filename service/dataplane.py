@@ -48,9 +48,10 @@ from service.errors import (
 )
 from service.graph import Layer
 from service.metrics import Metrics
+from service.postprocess import probabilities, top_k
 from service.repository import ModelRepository, ModelVersion
 
-__all__ = ["Classification", "DataPlane", "FeatureMap", "softmax", "top_k"]
+__all__ = ["Classification", "DataPlane", "FeatureMap"]
 
 T = TypeVar("T")
 
@@ -66,26 +67,6 @@ class Classification:
 class FeatureMap:
     layer: Layer
     array: np.ndarray  # (C, H, W) float32
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (one copy, then in place: this runs once per request)."""
-    z = np.array(logits, dtype=np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=-1, keepdims=True)
-    return z
-
-
-def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the k largest entries of each row, largest first (ties: the
-    lower index first)."""
-    # One stable sort: partitioning first is faster for 1000 classes, but it picks among
-    # values tied at the k-th place in no particular order (microseconds against the
-    # milliseconds of a model that size).
-    indices = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
-    rows = np.arange(len(probabilities))[:, None]
-    return indices, probabilities[rows, indices]
 
 
 def _finite(model: ModelVersion, output: np.ndarray) -> np.ndarray:
@@ -286,6 +267,18 @@ class DataPlane:
         self.metrics.images.labels(model.runtime.name).inc(len(batch))
         return _finite(model, output)
 
+    async def probabilities(self, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) of a batch of inputs, through the batcher."""
+        return probabilities(await self.infer(model, batch), model.runtime.card.output_kind)
+
+    async def cam_features(
+        self, model: ModelVersion, image: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One input's class probabilities and the (C, h, w) feature maps its classifier
+        head pools, from one forward pass (in the pool, as feature maps are)."""
+        scores, maps = await self.run_in_pool(functools.partial(model.runtime.cam_features, image))
+        return probabilities(scores[None], model.runtime.card.output_kind)[0], maps
+
     async def infer_tensor(
         self,
         model: ModelVersion,
@@ -342,9 +335,8 @@ class DataPlane:
         served, output = await self._current(
             model, version, functools.partial(self.run_images, images=images)
         )
-        kind = served.runtime.card.output_kind
-        probabilities = softmax(output) if kind == "logits" else output
-        indices, values = (a.tolist() for a in top_k(probabilities, k))  # Python numbers
+        scores = probabilities(output, served.runtime.card.output_kind)
+        indices, values = (a.tolist() for a in top_k(scores, k))  # Python numbers
         names = [name for name, _ in images]
         return served, [Classification(n, indices[i], values[i]) for i, n in enumerate(names)]
 

@@ -5,6 +5,7 @@ ServiceError                    code                    status
  +-- InvalidParameterError      invalid_parameter       400
  +-- UnknownLayerError          unknown_layer           400
  +-- InvalidHostError           invalid_host            400
+ +-- MethodNotSupportedError    method_not_supported    400
  +-- UnauthorizedError          unauthorized            401
  +-- ForbiddenError             forbidden               403
  +-- ModelNotFoundError         model_not_found         404
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidHostError",
     "InvalidImageError",
     "InvalidParameterError",
+    "MethodNotSupportedError",
     "ModelNotFoundError",
     "ModelOutputError",
     "ModelRetiredError",
@@ -88,6 +90,12 @@ class InvalidHostError(ServiceError):
     """The Host header names a host this server does not answer to (DNS rebinding)."""
 
     code = "invalid_host"
+
+
+class MethodNotSupportedError(ServiceError):
+    """An explanation method this model cannot have (its graph lacks what it needs)."""
+
+    code = "method_not_supported"
 
 
 class UnauthorizedError(ServiceError):
@@ -168,6 +176,7 @@ _STATUS: dict[type[ServiceError], int] = {
     InvalidParameterError: 400,
     UnknownLayerError: 400,
     InvalidHostError: 400,
+    MethodNotSupportedError: 400,
     UnauthorizedError: 401,
     ForbiddenError: 403,
     ModelNotFoundError: 404,

@@ -173,6 +173,25 @@ class Metrics:
             registry=r,
         )
         self.images = Counter("cnnserve_images", "Images classified", ["model"], registry=r)
+        self.explanations = Counter(
+            "cnnserve_explanations",
+            "Explanations by model, method and whether the cache answered",
+            ["model", "method", "cache"],
+            registry=r,
+        )
+        self.explanation_seconds = Histogram(
+            "cnnserve_explanation_duration_seconds",
+            "Time to explain one image (cache misses)",
+            ["model", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.occluded = Counter(
+            "cnnserve_occluded_images",
+            "Occluded copies run for explanations",
+            ["model"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "cnnserve_batch_size",
             "Images per ONNX Runtime call",

@@ -36,6 +36,7 @@ __all__ = [
     "load_image",
     "open_image",
     "preprocess",
+    "to_pixels",
     "to_tensor",
 ]
 
@@ -254,6 +255,16 @@ def to_tensor(image: Image.Image, spec: InputSpec, *, out: np.ndarray | None = N
     np.multiply(view, scale, out=out)
     out -= offset
     return out
+
+
+def to_pixels(tensor: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """One input of the model back as an image: (H, W, C) uint8 (normalisation undone)."""
+    hwc = tensor.transpose(1, 2, 0) if spec.layout == "NCHW" else tensor
+    if spec.dtype == "uint8":
+        return np.ascontiguousarray(hwc)
+    assert spec.mean is not None and spec.std is not None
+    values = (hwc * np.asarray(spec.std) + np.asarray(spec.mean)) * 255.0
+    return np.clip(np.round(values), 0, 255).astype(np.uint8)
 
 
 def preprocess(data: bytes, spec: InputSpec, *, max_pixels: int) -> np.ndarray:

@@ -21,6 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from service.graph import Layer, describe_layers
+from service.head import Head, classifier_head
 from service.model_card import ModelCard
 
 __all__ = [
@@ -161,6 +162,9 @@ class ModelRuntime:
         self._layers_by_name = {layer.name: layer for layer in self.layers}
         self._maps_session: ort.InferenceSession | None = None
         self._maps_lock = threading.Lock()
+        # A GAP + linear head (class activation maps), or why the model has none.
+        self.head: Head | str = classifier_head(self._proto)
+        self._cam_session: ort.InferenceSession | None = None
 
     def _check_shapes(self) -> None:
         spec = self.card.input
@@ -201,22 +205,37 @@ class ModelRuntime:
     def layer(self, name: str) -> Layer | None:
         return self._layers_by_name.get(name)
 
+    def _augmented(self, outputs: list[str]) -> ort.InferenceSession:
+        """A session of the model with ``outputs`` (activations) added as graph outputs."""
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self._proto)
+        present = {o.name for o in proto.graph.output}
+        for name in outputs:
+            if name not in present:
+                proto.graph.output.append(
+                    onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                )
+        session, _ = create_session(proto.SerializeToString(), self._config)
+        return session
+
     def _feature_session(self) -> ort.InferenceSession:
         """The model with every listed layer's activation added as an output (built once)."""
         with self._maps_lock:
             if self._maps_session is None:
-                proto = onnx.ModelProto()
-                proto.CopyFrom(self._proto)
-                present = {o.name for o in proto.graph.output}
-                for layer in self.layers:
-                    if layer.output not in present:
-                        proto.graph.output.append(
-                            onnx.helper.make_tensor_value_info(
-                                layer.output, onnx.TensorProto.FLOAT, None
-                            )
-                        )
-                self._maps_session, _ = create_session(proto.SerializeToString(), self._config)
+                self._maps_session = self._augmented([layer.output for layer in self.layers])
             return self._maps_session
+
+    def cam_features(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One forward pass of one input: (its scores, the (C, h, w) feature maps its
+        classifier head pools). Only for a model whose ``head`` is a ``Head``."""
+        assert isinstance(self.head, Head)
+        with self._maps_lock:
+            if self._cam_session is None:  # the model plus one output: its fusions stay
+                self._cam_session = self._augmented([self.head.features])
+        scores, maps = self._cam_session.run(
+            [self.output.name, self.head.features], {self.input.name: image[None]}
+        )
+        return scores[0], np.ascontiguousarray(maps[0], dtype=np.float32)
 
     def feature_maps(self, image: np.ndarray, layers: list[Layer]) -> list[np.ndarray]:
         """Activations (C, H, W) of ``layers`` for one input of the model."""

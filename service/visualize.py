@@ -1,4 +1,5 @@
-"""Feature maps as a picture: each channel min-max normalised, colour-mapped, tiled in a grid."""
+"""Pictures: feature maps (each channel min-max normalised, colour-mapped, tiled in a grid) and
+explanation heatmaps (colour-mapped, laid over the model input)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import numpy as np
 from PIL import Image
 
-__all__ = ["feature_grid_png", "viridis"]
+__all__ = ["feature_grid_png", "overlay_png", "viridis"]
 
 # Viridis as sixth-order polynomials per channel (a least-squares fit to matplotlib's table
 # published by Matt Zucker, CC0): close enough for looking at activations, and no matplotlib.
@@ -61,4 +62,21 @@ def feature_grid_png(maps: np.ndarray) -> bytes:
         grid[top : top + tile_h, left : left + tile_w] = tile
     buffer = io.BytesIO()
     Image.fromarray(grid, "RGB").save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+_OVERLAY_MIN_PX = 224  # a 28x28 input is shown 8 times larger
+_OVERLAY_ALPHA = 0.55  # the heatmap's share of each pixel
+
+
+def overlay_png(image: np.ndarray, heat: np.ndarray) -> bytes:
+    """A heatmap (H, W) in [0, 1] in viridis over an image (H, W, C uint8, C 1 or 3), as
+    PNG; small inputs are enlarged (nearest neighbour, whole pixels)."""
+    scale = max(1, math.ceil(_OVERLAY_MIN_PX / max(image.shape[:2])))
+    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+    blended = (1 - _OVERLAY_ALPHA) * rgb + _OVERLAY_ALPHA * viridis(heat)
+    picture = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    picture = picture.repeat(scale, axis=0).repeat(scale, axis=1)
+    buffer = io.BytesIO()
+    Image.fromarray(picture, "RGB").save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.api.openapi import error_responses
+from service.api.openapi import IMAGE_BODY, error_responses
 from service.api.responses import JSON
 from service.api.schemas import (
     FeatureMapResponse,
@@ -24,13 +24,14 @@ from service.api.schemas import (
     ReceptiveFieldInfo,
 )
 from service.api.state import AppState, State
-from service.api.uploads import FIELD, read_uploads
+from service.api.uploads import read_uploads
 from service.dataplane import FeatureMap
 from service.errors import InvalidParameterError
+from service.explainer import supported_methods
 from service.repository import ModelEntry
 from service.visualize import feature_grid_png
 
-__all__ = ["CLASSIFY_ROUTE", "IMAGE_BODY", "classify_route", "model_info", "router"]
+__all__ = ["CLASSIFY_ROUTE", "classify_route", "model_info", "router"]
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 CLASSIFY_PATH = "/v1/models/{name}/classify"
@@ -38,26 +39,6 @@ CLASSIFY_PATH = "/v1/models/{name}/classify"
 Version = Annotated[
     str | None, Query(pattern=r"^[0-9]{1,9}$", description="a version; default: the highest")
 ]
-
-
-IMAGE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [FIELD],
-                    "properties": {
-                        FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
 
 
 def model_info(entry: ModelEntry, version: str | None = None) -> ModelInfo:
@@ -105,6 +86,7 @@ def model_info(entry: ModelEntry, version: str | None = None) -> ModelInfo:
             resize=spec.resize,
             resize_shorter=spec.resize_shorter,
         ),
+        "explanations": supported_methods(served),
         "layers": [
             LayerInfo(
                 name=layer.name,

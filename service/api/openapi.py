@@ -21,10 +21,11 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from service.api.schemas import ClassifyResponse, ErrorResponse
+from service.api.uploads import FIELD
 from service.errors import codes_by_status
 from service.v2.schemas import V2Error
 
-__all__ = ["error_responses", "install_openapi"]
+__all__ = ["IMAGE_BODY", "error_responses", "install_openapi"]
 
 CLASSIFY_PATH = "/v1/models/{name}/classify"
 # What the middleware may answer before any route runs, and where.
@@ -33,6 +34,26 @@ _PROTECTED = (401,)
 _REPOSITORY = (401, 403, 409, 415)
 _OPEN_PATHS = ("/health/", "/v2/health/")
 _CLASSIFY_ERRORS = (400, 404, 413, 415, 503, 504)
+
+
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {
+                        FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 
 def error_responses(*statuses: int, v2: bool = False) -> dict[int | str, dict[str, Any]]:
@@ -55,8 +76,6 @@ def _ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
 
 
 def _classify_operation(components: dict[str, Any]) -> dict[str, Any]:
-    from service.api.models import IMAGE_BODY  # the body the feature-maps route documents too
-
     return {
         "tags": ["models"],
         "summary": "Classify one or more images",

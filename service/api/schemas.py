@@ -10,9 +10,12 @@ __all__ = [
     "ClassifyResponse",
     "ErrorBody",
     "ErrorResponse",
+    "ExplanationResponse",
+    "ExplanationTarget",
     "FeatureMapLayer",
     "FeatureMapResponse",
     "HealthResponse",
+    "HeatmapInfo",
     "ImageResult",
     "InputInfo",
     "LayerInfo",
@@ -78,6 +81,9 @@ class ModelInfo(BaseModel):
     output: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] = Field(default_factory=list)
     layers: list[LayerInfo] = Field(default_factory=list)
+    explanations: list[str] = Field(
+        default_factory=list, description="explanation methods this model supports"
+    )
     architecture: str | None = None
     dataset: str | None = None
     parameters: int | None = None
@@ -124,6 +130,32 @@ class FeatureMapResponse(BaseModel):
     model: str
     model_version: str
     layers: list[FeatureMapLayer]
+
+
+class ExplanationTarget(BaseModel):
+    index: int
+    label: str
+    probability: float = Field(description="the target's probability for the input as sent")
+
+
+class HeatmapInfo(BaseModel):
+    shape: list[int] = Field(description="rows, cols")
+    values: list[list[float]] = Field(description="in [0, 1]; higher: more important")
+    grid: ReceptiveFieldInfo = Field(
+        description="cell (i, j) is centred at start + (i, j) * jump, size across, in "
+        "model-input pixels"
+    )
+
+
+class ExplanationResponse(BaseModel):
+    model: str
+    model_version: str
+    method: str
+    parameters: dict[str, int]
+    target: ExplanationTarget
+    heatmap: HeatmapInfo
+    elapsed_ms: float = Field(description="time to compute it (the original, when cached)")
+    cached: bool
 
 
 class ModelHealth(BaseModel):

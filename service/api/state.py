@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 
 from service.config import Settings
 from service.dataplane import DataPlane
+from service.explainer import Explainer
 from service.metrics import Metrics
 from service.repository import ModelRepository
 from service.v2.plane import V2Plane
@@ -24,6 +25,7 @@ class AppState:
     dataplane: DataPlane
     metrics: Metrics
     v2: V2Plane
+    explainer: Explainer
     loading: bool = True  # until start-up has tried every model
     draining: bool = False  # from SIGTERM on: not ready, finishing what is in flight
     # The event loop's clock when the drain ends: requests still running then are answered

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from service.dataplane import top_k
+from service.postprocess import top_k
 from service.runtime import ModelRuntime
 from service.v2.tensors import DATATYPES, CodecError, fmt_shape
 from service.v2.wire import InferRequest, RequestedOutput

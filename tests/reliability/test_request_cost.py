@@ -9,6 +9,7 @@ server and up to 4 GB; now each is refused or served within its budget.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ import orjson
 import pytest
 from cost_probe import Cost, measure, recovery_s
 from reliability_kit import Summary, native_error, v2_error
-from testkit import LiveServer, ServerFactory, png
+from testkit import REPO, LiveServer, ServerFactory, metric_value, png
 
 from model_export.datasets import Split
 
@@ -332,3 +333,35 @@ def test_feature_maps_of_every_layer_are_refused_before_any_work(
     assert cost.seconds < 1 and cost.probe_max_ms < PROBE_LIMIT_MS, cost
     few = raw(f"{MOBILENET}/feature-maps?layer={names[-3]}", photos["chelsea"])
     assert few(httpx.Client(base_url=server.url, timeout=30)).status_code == 200
+
+
+def test_an_explanation_past_its_deadline_stops_occluding(
+    module_server_factory: ServerFactory, summary: Summary
+) -> None:
+    """An occlusion of MobileNetV2 (169 copies, seconds of work) against a 0.5 s deadline:
+    504 at the deadline, and no occluded copy runs after it (the work goes chunk by chunk
+    through the batcher and stops with its request)."""
+    server = module_server_factory(request_timeout_s=0.5)
+    photo = (REPO / "service" / "static" / "samples" / "chelsea.jpg").read_bytes()
+    cost = measure(server, raw(f"{MOBILENET}/explain?method=occlusion", photo), settle_s=0.0)
+
+    def images_run() -> float:
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        return metric_value(text, "cnnserve_images_total", model="mobilenetv2-imagenet") or 0.0
+
+    time.sleep(0.5)  # the chunk running at the deadline finishes
+    after = images_run()
+    time.sleep(1.5)
+    later = images_run()
+    held = cost.status == 504 and later == after and after < 169
+    summary.row(
+        "cost/explain-deadline",
+        area="cost of one request (data plane)",
+        tried="an occlusion of MobileNetV2 (169 copies) past a 0.5 s deadline",
+        held=held,
+        images_run=after,
+        images_run_later=later,
+        **cost.figures(),
+    )
+    assert cost.status == 504, cost
+    assert later == after < 169, (after, later)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from service.dataplane import softmax, top_k
+from service.postprocess import softmax, top_k
 
 
 def reference_top_k(row: np.ndarray, k: int) -> list[int]:
