@@ -122,9 +122,8 @@ def calibrate(
 ) -> None:
     """Fit a temperature and out-of-distribution statistics for a model in the repository.
 
-    --dataset for a model trained here (the training and validation splits); --images DIR
-    [--labels FILE] for an imported one; neither: the dataset model.json names, else the
-    energy score with no threshold.
+    --dataset for a model trained here; --images DIR [--labels FILE] for an imported one;
+    neither: the dataset model.json names, else the energy score with no threshold.
     """
     from model_export.errors import ExportPipelineError
 
