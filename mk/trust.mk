@@ -4,7 +4,7 @@
 #   make trust-report       measure the committed Fashion-MNIST models (ONNX Runtime on the
 #                           committed files, service.trust for every score): rewrites the
 #                           measured part of docs/trust.md, docs/trust.json and the pictures
-#                           docs/img/trust-*.png (a few minutes on two cores)
+#                           docs/img/trust-*.png (about 10 minutes on two cores)
 #   make calibrate-models   refit their temperatures and OOD statistics (cnnserve calibrate;
 #                           rewrites models/*-fashion/1/ood.npz and model.json "versions")
 
