@@ -1,4 +1,4 @@
-"""The `cnnserve train`, `export`, `import-pretrained` and `import-onnx` commands.
+"""The `cnnserve train`, `export`, `calibrate`, `import-pretrained` and `import-onnx` commands.
 
 Only typer is imported here: torch and onnx are imported inside the commands, so the
 client-only install can still build the CLI and show a clear message when torch is missing.
@@ -86,8 +86,12 @@ def export(
     name: Annotated[str, typer.Option(help="model name in the repository")],
     model_dir: ModelDir = None,
     opset: Annotated[int, typer.Option(min=17)] = 17,
+    calibrate: Annotated[
+        bool, typer.Option(help="fit the temperature and OOD statistics (cnnserve calibrate)")
+    ] = True,
 ) -> None:
-    """Export a run to ONNX as the next version of NAME, verified against PyTorch."""
+    """Export a run to ONNX as the next version of NAME, verified against PyTorch, then
+    calibrate it."""
     _require_torch()
     from model_export.errors import ExportPipelineError
     from model_export.export import export_run
@@ -95,11 +99,86 @@ def export(
 
     try:
         result = export_run(
-            run_dir, name=name, model_dir=model_dir or default_model_dir(), opset=opset
+            run_dir,
+            name=name,
+            model_dir=model_dir or default_model_dir(),
+            opset=opset,
+            calibrate=calibrate,
         )
     except ExportPipelineError as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(result.to_json()))
+
+
+def calibrate(
+    name: Annotated[str, typer.Argument(help="a model in the repository")],
+    dataset: Annotated[
+        str | None, typer.Option(help="its training data: fashion-mnist or mnist-5k")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="a folder of in-distribution images (imported models)")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="with --images: lines 'file name<TAB>class'")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="default: the highest")] = None,
+    flag_rate: Annotated[
+        float, typer.Option(min=0.001, max=0.5, help="share of in-distribution images flagged")
+    ] = 0.045,
+    model_dir: ModelDir = None,
+) -> None:
+    """Fit a temperature and out-of-distribution statistics for a model in the repository.
+
+    --dataset for a model trained here; --images DIR [--labels FILE] for an imported one;
+    neither: the dataset model.json names, else the energy score with no threshold.
+    """
+    from model_export.errors import ExportPipelineError
+    from model_export.repository import default_model_dir
+
+    if dataset and images:
+        raise _fail("give --dataset or --images, not both")
+    if labels and not images:
+        raise _fail("--labels goes with --images")
+    try:
+        facts = _calibrate(
+            name, dataset, images, labels, version, flag_rate, model_dir or default_model_dir()
+        )
+    except ExportPipelineError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(facts))
+
+
+def _calibrate(
+    name: str,
+    dataset: str | None,
+    images: Path | None,
+    labels: Path | None,
+    version: str | None,
+    flag_rate: float,
+    model_dir: Path,
+) -> dict[str, object]:
+    from model_export.calibrate import calibrate_dataset
+    from model_export.calibrate_images import calibrate_images, record_no_statistics
+    from model_export.datasets import DATASETS
+
+    if images is not None:
+        return calibrate_images(
+            name,
+            images=images,
+            labels=labels,
+            model_dir=model_dir,
+            version=version,
+            flag_rate=flag_rate,
+        )
+    if dataset is None:
+        card_path = model_dir / name / "model.json"
+        named = json.loads(card_path.read_text()).get("dataset") if card_path.is_file() else None
+        dataset = named if named in DATASETS else None
+    if dataset is None:
+        return record_no_statistics(name, model_dir=model_dir, version=version)
+    return calibrate_dataset(
+        name, dataset=dataset, model_dir=model_dir, version=version, flag_rate=flag_rate
+    )
 
 
 def import_pretrained(
@@ -170,5 +249,6 @@ def register(app: typer.Typer) -> None:
     """Add this package's commands to the `cnnserve` console script."""
     app.command("train")(train)
     app.command("export")(export)
+    app.command("calibrate")(calibrate)
     app.command("import-pretrained")(import_pretrained)
     app.command("import-onnx")(import_onnx)

@@ -129,8 +129,11 @@ def export_run(
     model_dir: Path = Path("models"),
     opset: int = 17,
     verify_images: int = 256,
+    calibrate: bool = False,
 ) -> ExportResult:
-    """Export the checkpoint of a `cnnserve train` run folder."""
+    """Export the checkpoint of a `cnnserve train` run folder; with ``calibrate``, also fit
+    its temperature and OOD statistics (model_export.calibrate; a minute or more on a CPU,
+    which `cnnserve export` spends by default)."""
     checkpoint_path = run_dir / "checkpoint.pt"
     if not checkpoint_path.is_file():
         raise RunNotFoundError(f"{run_dir} is not a run folder: no checkpoint.pt in it")
@@ -184,4 +187,15 @@ def export_run(
     curves = run_dir / "curves.png"
     if curves.is_file():
         shutil.copyfile(curves, model_dir / name / "curves.png")
+    if calibrate:
+        from model_export.calibrate import calibrate_dataset, summary
+
+        facts = calibrate_dataset(
+            name,
+            dataset=checkpoint["dataset"],
+            model_dir=model_dir,
+            version=result.version,
+            command=f"cnnserve export {run_dir} --name {name}",
+        )
+        result.extra["calibration"] = summary(facts)
     return result
