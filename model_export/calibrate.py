@@ -7,8 +7,8 @@ model trained here, fitted on the committed ONNX file through ONNX Runtime.
 2. Out-of-distribution statistics: class means and a shared covariance of every candidate
    layer's features on the training split (features.candidates, ood_fit); the layers that
    feed the flag chosen by measurement (ood_select); thresholds that flag ``flag_rate`` of
-   the validation split, computed from the raw layer outputs by service.trust exactly as
-   the service will; written to ``<version>/ood.npz`` (service.trust describes the file).
+   the validation split, computed from the raw layer outputs by service.ood exactly as
+   the service will; written to ``<version>/ood.npz`` (service.ood_file describes the file).
 
 The facts go to ``model.json`` under ``"versions": {"<version>": {"calibration": ...,
 "ood": ...}}``, beside what other commands keep there. Imported models: calibrate_images.
@@ -38,18 +38,15 @@ from model_export.features import (
 from model_export.ood_fit import RIDGE, ClassGaussians, thresholds_at_rate
 from model_export.ood_select import Config, Scored, Selector, Trial
 from model_export.ood_sets import ood_sets
-from service.model_card import InputSpec, load_card
-from service.trust import (
+from service.calibration import (
     ECE_BINS,
-    MahalanobisLayer,
-    OodDetector,
-    OodMethod,
     expected_calibration_error,
-    load_detector,
     negative_log_likelihood,
-    save_detector,
     softmax,
 )
+from service.model_card import InputSpec, load_card
+from service.ood import MahalanobisLayer, OodDetector, OodMethod
+from service.ood_file import load_detector, save_detector
 
 __all__ = [
     "OOD_FILE",
@@ -188,7 +185,7 @@ def _final_detector(
     rate: float,
 ) -> tuple[OodDetector, dict[str, float], np.ndarray]:
     """The chosen configuration, its thresholds set on the validation split scored by
-    service.trust from the raw layer outputs (one more pass over the split). Also returns
+    service.ood from the raw layer outputs (one more pass over the split). Also returns
     the first batch's input, to check the saved file against."""
     picked = [layers[key] for key in chosen.config.layers]
     if len(picked) > 1:

@@ -32,8 +32,9 @@ from model_export.calibrate import (
 from model_export.features import FeatureExtractor
 from model_export.ood_fit import thresholds_at_rate
 from service.model_card import ModelCard, load_card
+from service.ood import OodDetector, OodMethod, energy
+from service.ood_file import save_detector
 from service.preprocessing import preprocess
-from service.trust import OodDetector, OodMethod, energy, save_detector
 
 __all__ = ["MIN_IMAGES", "calibrate_images", "read_labels", "record_no_statistics"]
 

@@ -2,7 +2,7 @@
 
 The committed ONNX file is loaded, the chosen layers' tensors are added as graph outputs
 (as service.runtime does for feature maps) and one forward pass returns the logits and
-every layer's features, pooled by service.trust.pool_features: the same numbers the
+every layer's features, pooled by service.ood.pool_features: the same numbers the
 service computes when it scores an image.
 """
 
@@ -19,8 +19,8 @@ from PIL import Image
 
 from service.graph import describe_layers
 from service.model_card import InputSpec
+from service.ood import pool_features
 from service.preprocessing import to_tensor
-from service.trust import pool_features
 
 __all__ = [
     "Candidate",

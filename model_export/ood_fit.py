@@ -1,7 +1,7 @@
 """Fitting the out-of-distribution statistics: class Gaussians, thresholds, standardisation.
 
 Pure numpy. Only what is fitted lives here; how it is scored (and the file it is saved to)
-is service.trust, the code the service runs.
+is service.ood, the code the service runs.
 """
 
 from __future__ import annotations

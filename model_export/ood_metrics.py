@@ -1,6 +1,6 @@
 """How well a score separates in-distribution from out-of-distribution images.
 
-Scores follow service.trust: higher means less like the training data. Out-of-distribution
+Scores follow service.ood: higher means less like the training data. Out-of-distribution
 images are the positives of the AUROC. FPR at 95 % TPR follows Liu et al. (2020) and
 Hendrycks et al.: with the threshold that keeps 95 % of the in-distribution images, the
 share of out-of-distribution images that pass as in-distribution (lower is better).

@@ -23,7 +23,7 @@ import numpy as np
 
 from model_export.ood_fit import thresholds_at_rate
 from model_export.ood_metrics import auroc
-from service.trust import energy
+from service.ood import energy
 
 __all__ = ["Config", "Selector", "Trial"]
 
@@ -87,7 +87,7 @@ class Selector:
         self.scale = {k: float(d.std()) or 1.0 for k, d in val.distances.items()}
 
     def scores(self, config: Config, scored: Scored) -> dict[str, np.ndarray]:
-        """Each method's score on one set, as service.trust computes it."""
+        """Each method's score on one set, as service.ood computes it."""
         out: dict[str, np.ndarray] = {}
         if config.energy:
             out["energy"] = energy(scored.logits)

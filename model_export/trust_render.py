@@ -144,7 +144,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", f"![Default flag scores per set](img/{SCORES_PNG})", ""]
     lines.append(
         f"Measured by `make trust-report` on {report['machine']}: the committed ONNX files, "
-        "scored by service.trust exactly as the service scores them."
+        "scored by service.ood exactly as the service scores them."
     )
     return "\n".join(lines)
 

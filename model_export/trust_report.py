@@ -1,7 +1,7 @@
 """`make trust-report`: calibration and out-of-distribution detection of the committed
 Fashion-MNIST models, measured.
 
-In process, with ONNX Runtime on the committed files and service.trust for every score: the
+In process, with ONNX Runtime on the committed files and service.ood for every score: the
 numbers are those the service serves. In-distribution: the Fashion-MNIST test set (ECE also
 on the validation split). Out-of-distribution: the benchmark draw of model_export.ood_sets
 (4,000 MNIST digits, Gaussian and uniform noise, crops of scikit-image's photographs), none
@@ -30,15 +30,10 @@ from model_export.features import Candidate, FeatureExtractor, images_to_tensor,
 from model_export.ood_fit import RIDGE, ClassGaussians
 from model_export.ood_metrics import auroc, fpr_at_95_tpr
 from model_export.ood_sets import ood_sets
+from service.calibration import expected_calibration_error, reliability, softmax
 from service.model_card import load_card
-from service.trust import (
-    MahalanobisLayer,
-    expected_calibration_error,
-    load_detector,
-    max_softmax_score,
-    reliability,
-    softmax,
-)
+from service.ood import MahalanobisLayer, max_softmax_score
+from service.ood_file import load_detector
 
 __all__ = ["TARGETS", "main", "measure_model"]
 

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from service.calibration import softmax
+
 __all__ = ["probabilities", "softmax", "top_k"]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (one copy, then in place: this runs once per request)."""
-    z = np.array(logits, dtype=np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=-1, keepdims=True)
-    return z
 
 
 def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -27,6 +20,12 @@ def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return indices, probabilities[rows, indices]
 
 
-def probabilities(output: np.ndarray, kind: str) -> np.ndarray:
-    """A model's output as probabilities: softmax of logits; a Softmax's output as it is."""
-    return softmax(output) if kind == "logits" else np.asarray(output, dtype=np.float64)
+def probabilities(output: np.ndarray, kind: str, temperature: float = 1.0) -> np.ndarray:
+    """A model's output as probabilities: softmax of its logits divided by ``temperature``
+    (1: as they are); a Softmax's output as it is, or, with a temperature, re-tempered
+    through its logarithm (log p is the logits up to a constant)."""
+    if kind == "logits":
+        return softmax(output, temperature)
+    if temperature == 1.0:
+        return np.asarray(output, dtype=np.float64)
+    return softmax(np.log(np.clip(np.asarray(output, dtype=np.float64), 1e-300, None)), temperature)

@@ -27,7 +27,7 @@ from model_export.features import Candidate, FeatureExtractor, images_to_tensor
 from model_export.ood_fit import ClassGaussians, fit_class_gaussians, thresholds_at_rate
 from model_export.ood_metrics import auroc, fpr_at_95_tpr
 from model_export.ood_sets import ood_sets
-from service import trust
+from service import calibration, ood, ood_file
 from service.model_card import load_card
 
 CNNSERVE = Path(sys.executable).parent / "cnnserve"
@@ -38,17 +38,17 @@ rng = np.random.default_rng(0)
 def test_the_fitted_temperature_is_where_the_nll_is_lowest() -> None:
     # Over-confident logits: the labels follow softmax(z), the network says softmax(3 z).
     z = rng.normal(0, 1.5, (5000, 10))
-    labels = np.array([rng.choice(10, p=p) for p in trust.softmax(z)])
+    labels = np.array([rng.choice(10, p=p) for p in calibration.softmax(z)])
     logits = 3.0 * z
     t = fit_temperature(logits, labels)
     assert t == pytest.approx(3.0, rel=0.1)
-    best = trust.negative_log_likelihood(logits, labels, t)
-    assert best < trust.negative_log_likelihood(logits, labels, 1.0)
+    best = calibration.negative_log_likelihood(logits, labels, t)
+    assert best < calibration.negative_log_likelihood(logits, labels, 1.0)
     for other in (t * 0.98, t * 1.02):
-        assert best < trust.negative_log_likelihood(logits, labels, other)
+        assert best < calibration.negative_log_likelihood(logits, labels, other)
     # The scaled probabilities are calibrated: ECE falls to sampling noise.
-    before = trust.expected_calibration_error(trust.softmax(logits), labels)
-    after = trust.expected_calibration_error(trust.softmax(logits, t), labels)
+    before = calibration.expected_calibration_error(calibration.softmax(logits), labels)
+    after = calibration.expected_calibration_error(calibration.softmax(logits, t), labels)
     assert after < 0.02 < before
 
 
@@ -147,7 +147,7 @@ def test_a_small_real_fit_writes_statistics_the_service_can_load(lenet_repo: Pat
     assert calibration["nll"]["val"]["after"] <= calibration["nll"]["val"]["before"]
     assert calibration["images"] == {"val": 600, "test": 600}
     path = lenet_repo / "lenet5-fashion" / "1" / "ood.npz"
-    detector = trust.load_detector(path)
+    detector = ood_file.load_detector(path)
     assert [m.name for m in detector.methods] == ood["methods"][:2] and "energy" in ood["methods"]
     assert {m.name: m.threshold for m in detector.methods} == ood["thresholds"]
     assert ood["val_flag_rate"] <= VAL_FLAG_RATE and path.stat().st_size < 1 << 20
@@ -166,7 +166,7 @@ def test_a_small_real_fit_writes_statistics_the_service_can_load(lenet_repo: Pat
     assert card["versions"]["1"] == facts and card["name"] == "lenet5-fashion"
 
 
-def _candidates(detector: trust.OodDetector) -> list[Candidate]:
+def _candidates(detector: ood.OodDetector) -> list[Candidate]:
     return [Candidate(x.name, x.output, x.grid, x.dimensions) for x in detector.layers]
 
 
@@ -199,7 +199,7 @@ def test_calibrate_from_labelled_images_for_an_imported_model(
     facts = json.loads(result.stdout.strip().splitlines()[-1])
     assert facts["calibration"]["images"] == {"images": 80}
     assert facts["ood"]["methods"] == ["energy"] and facts["ood"]["thresholds"]["energy"] < 0
-    detector = trust.load_detector(lenet_repo / "lenet5-fashion" / "1" / "ood.npz")
+    detector = ood_file.load_detector(lenet_repo / "lenet5-fashion" / "1" / "ood.npz")
     assert detector.name == "energy" and detector.outputs == ()
     # Without labels: a threshold, no temperature.
     unlabelled = calibrate_images("lenet5-fashion", images=folder, model_dir=lenet_repo)
@@ -249,7 +249,7 @@ def test_committed_models_carry_a_temperature_and_ood_statistics(name: str) -> N
     assert calibration["ece"]["test"]["after"] < calibration["ece"]["test"]["before"]
     path = MODELS / name / "1" / ood["file"]
     assert path.stat().st_size < 1 << 20
-    detector = trust.load_detector(path)
+    detector = ood_file.load_detector(path)
     assert [m.name for m in detector.methods] == ood["methods"] == ["energy", "mahalanobis"]
     assert {m.name: m.threshold for m in detector.methods} == ood["thresholds"]
     assert [(x.name, x.grid) for x in detector.layers] == [
@@ -263,7 +263,7 @@ def test_digits_sent_to_resnet_fashion_are_flagged_and_fashion_mostly_not() -> N
     """The issue's acceptance test, on the images the layers were not chosen with."""
     root = MODELS / "resnet-fashion"
     spec = load_card(root / "model.json").input
-    detector = trust.load_detector(root / "1" / "ood.npz")
+    detector = ood_file.load_detector(root / "1" / "ood.npz")
     extractor = FeatureExtractor(root / "1" / "model.onnx", _candidates(detector))
     data = load_fashion_mnist()
     digits = ood_sets(data, spec, "benchmark")["digits"]
