@@ -34,11 +34,14 @@ import numpy as np
 
 from service.errors import DeadlineExceededError, ModelRetiredError, OverloadedError
 
-__all__ = ["BatchObserver", "Batcher", "Incoming"]
+__all__ = ["BatchObserver", "Batcher", "Incoming", "Outputs"]
 
 log = logging.getLogger(__name__)
 
 BatchObserver = Callable[[int, float], None]  # (images in the batch, seconds of inference)
+# What a model gives for a batch: one array or more (logits, then any layer outputs the
+# service reads from the same pass), each with a row per input.
+Outputs = tuple[np.ndarray, ...]
 
 # ONNX Runtime's fixed cost per call is tens of microseconds: at 20 ms a call it is below
 # 0.5%, and larger batches would only make the pipeline coarser.
@@ -49,7 +52,7 @@ CALL_BUDGET_S = 0.020
 class _Item:
     array: np.ndarray | None  # None until ``prepare`` has run (on the worker thread)
     images: int
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Outputs]
     loop: asyncio.AbstractEventLoop
     prepare: Callable[[], np.ndarray] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
@@ -66,7 +69,7 @@ class Incoming:
     settled: bool = False
 
 
-def _resolve(pairs: list[tuple[asyncio.Future[np.ndarray], np.ndarray | BaseException]]) -> None:
+def _resolve(pairs: list[tuple[asyncio.Future[Outputs], Outputs | BaseException]]) -> None:
     """On the event loop: hand each waiting request its rows (or the batch's error)."""
     for future, result in pairs:
         if future.done():  # cancelled, or past its deadline: the result is discarded
@@ -78,11 +81,12 @@ def _resolve(pairs: list[tuple[asyncio.Future[np.ndarray], np.ndarray | BaseExce
 
 
 class Batcher:
-    """Collects (n, ...) arrays from coroutines and runs ``run`` on their concatenation."""
+    """Collects (n, ...) arrays from coroutines and runs ``run`` on their concatenation;
+    each caller gets its rows of every output."""
 
     def __init__(
         self,
-        run: Callable[[np.ndarray], np.ndarray],
+        run: Callable[[np.ndarray], Outputs],
         *,
         name: str,
         max_batch_size: int,
@@ -153,8 +157,8 @@ class Batcher:
         *,
         timeout_s: float | None = None,
         ticket: Incoming | None = None,
-    ) -> np.ndarray:
-        """Queue ``array`` (n, ...) and wait for the n result rows."""
+    ) -> Outputs:
+        """Queue ``array`` (n, ...) and wait for the n result rows of each output."""
         loop = asyncio.get_running_loop()
         item = _Item(array, len(array), loop.create_future(), loop)
         return await self._wait(self._enqueue(item, ticket), timeout_s)
@@ -166,7 +170,7 @@ class Batcher:
         *,
         timeout_s: float | None = None,
         ticket: Incoming | None = None,
-    ) -> np.ndarray:
+    ) -> Outputs:
         """Queue ``images`` whose array ``prepare()`` makes on the worker thread, just before
         their batch runs (what it raises goes to this caller only); wait for their rows.
 
@@ -196,7 +200,7 @@ class Batcher:
             item.loop.call_soon(self._wake, item.loop)
         return item
 
-    async def _wait(self, item: _Item, timeout_s: float | None) -> np.ndarray:
+    async def _wait(self, item: _Item, timeout_s: float | None) -> Outputs:
         timer = None if timeout_s is None else item.loop.call_later(timeout_s, self._expire, item)
         try:
             return await item.future
@@ -265,11 +269,11 @@ class Batcher:
                     self._busy -= 1
                     self._cond.notify_all()
 
-    def _infer(self, batch: np.ndarray, live: list[_Item]) -> np.ndarray | None:
+    def _infer(self, batch: np.ndarray, live: list[_Item]) -> Outputs | None:
         """Run ``batch`` in calls of at most ``batch_limit`` images; None when every caller
         has given up before the last call (the calls left would run for nobody)."""
         step = self.batch_limit
-        outputs = []
+        outputs: list[Outputs] = []
         for start in range(0, len(batch), step):
             if start and all(item.future.done() for item in live):
                 log.debug(
@@ -283,7 +287,9 @@ class Batcher:
             self._per_image.append(seconds / len(chunk))
             if self._observe is not None:
                 self._observe(len(chunk), seconds)
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+        if len(outputs) == 1:
+            return outputs[0]
+        return tuple(np.concatenate(parts) for parts in zip(*outputs, strict=True))
 
     def _prepared(self, items: list[_Item]) -> tuple[list[_Item], list[tuple[_Item, Exception]]]:
         """Items still awaited, with their arrays made; and those whose ``prepare`` failed."""
@@ -303,7 +309,7 @@ class Batcher:
 
     def _run_batch(self, items: list[_Item]) -> None:
         live, failed = self._prepared(items)
-        pairs: list[tuple[_Item, np.ndarray | BaseException]] = list(failed)
+        pairs: list[tuple[_Item, Outputs | BaseException]] = list(failed)
         if live:
             arrays = [item.array for item in live if item.array is not None]
             batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
@@ -316,12 +322,12 @@ class Batcher:
                 if outputs is not None:
                     ends = np.cumsum([len(item) for item in live])
                     pairs += [
-                        (item, outputs[end - len(item) : end])
+                        (item, tuple(o[end - len(item) : end] for o in outputs))
                         for item, end in zip(live, ends, strict=True)
                     ]
         by_loop: dict[
             asyncio.AbstractEventLoop,
-            list[tuple[asyncio.Future[np.ndarray], np.ndarray | BaseException]],
+            list[tuple[asyncio.Future[Outputs], Outputs | BaseException]],
         ] = {}
         for item, result in pairs:
             by_loop.setdefault(item.loop, []).append((item.future, result))

@@ -56,10 +56,32 @@ class _HeadDeadline:
     """The head timer both protocols share: ``_head_expired`` runs ``head_timeout_s`` after
     ``_start_head_timer`` unless ``_stop_head_timer`` comes first."""
 
-    head_timeout_s: float = 10.0  # set per server by ``_protocols``
+    head_timeout_s: float = 10.0  # set per server by ``bounded_protocol``
+    # At shutdown, a connection with no request running is closed this much later rather
+    # than at once (uvicorn's way): a request its client sent just before the listener
+    # closed may be on its way, its bytes not read yet, and closing would lose it.
+    shutdown_grace_s: float = 0.25
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
+    cycle: Any
     _head_timer: asyncio.TimerHandle | None = None
+
+    def shutdown(self) -> None:
+        """Called by uvicorn to begin a graceful shutdown: a request running finishes and
+        its connection then closes; an idle connection closes after ``shutdown_grace_s``,
+        unless a request arrives meanwhile (which is served, then closes)."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+            return
+        self.loop.call_later(self.shutdown_grace_s, self._finish_shutdown)
+
+    def _finish_shutdown(self) -> None:
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            super().shutdown()  # type: ignore[misc]  # uvicorn's protocol: close now
+        else:
+            self.cycle.keep_alive = False
 
     def _start_head_timer(self) -> None:
         if self._head_timer is None:

@@ -23,21 +23,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image
-from prometheus_client import Histogram
 
-from service.batching import Incoming
+from service.batching import Incoming, Outputs
 from service.config import Settings
+from service.decoder import Decoder, Elsewhere
 from service.decoding import (
     CancelToken,
-    DecodeLimits,
-    ImageFailure,
     Images,
-    PixelBudget,
-    decode_rows,
-    image_error,
-    open_all,
-    pixels_of,
 )
 from service.errors import (
     DeadlineExceededError,
@@ -48,8 +40,9 @@ from service.errors import (
 )
 from service.graph import Layer
 from service.metrics import Metrics
-from service.postprocess import probabilities, top_k
+from service.postprocess import top_k
 from service.repository import ModelRepository, ModelVersion
+from service.trust import Verdict
 
 __all__ = ["Classification", "DataPlane", "FeatureMap"]
 
@@ -61,6 +54,7 @@ class Classification:
     filename: str | None
     indices: list[int]  # top-k class indices, most probable first
     probabilities: list[float]
+    ood: Verdict  # how unlike the training data: score, threshold, flagged, method
 
 
 @dataclass(frozen=True)
@@ -69,11 +63,12 @@ class FeatureMap:
     array: np.ndarray  # (C, H, W) float32
 
 
-def _finite(model: ModelVersion, output: np.ndarray) -> np.ndarray:
-    """``output``, unless a row holds NaN or infinities: scores no client may be served."""
-    if np.isfinite(output).all():
-        return output
-    rows = np.flatnonzero(~np.isfinite(output.reshape(len(output), -1)).all(axis=1))
+def _finite(model: ModelVersion, outputs: Outputs) -> Outputs:
+    """``outputs``, unless a row of scores holds NaN or infinities: no client may get them."""
+    scores = outputs[0]
+    if np.isfinite(scores).all():
+        return outputs
+    rows = np.flatnonzero(~np.isfinite(scores.reshape(len(scores), -1)).all(axis=1))
     raise ModelOutputError(
         f"model {model.runtime.name} version {model.version} gave NaN or infinite scores "
         f"for input(s) {rows.tolist()[:8]}",
@@ -82,25 +77,7 @@ def _finite(model: ModelVersion, output: np.ndarray) -> np.ndarray:
     )
 
 
-class _Elsewhere(Exception):
-    """Raised on the batcher's thread: these images are too large to decode there."""
-
-    def __init__(self, opened: list[Image.Image]) -> None:
-        super().__init__(len(opened))
-        self.opened = opened
-
-
 class DataPlane:
-    # With one decode thread, a request whose images hold at most this many pixels in all
-    # (a 2048x2048 photo) is decoded on the batcher's thread right before its batch:
-    # decoding in the pool at the same time as inference would only make them share the
-    # core (and its caches) and add a hand-off. Larger ones go to the pool, so that one of
-    # them cannot hold up everyone's inference.
-    serial_max_pixels = 4_194_304
-    # In the pool, a request of several images holding more pixels than this is spread
-    # over the pool's threads; a smaller one is decoded by one job, in one hand-off.
-    spread_pixels = 1_048_576
-
     def __init__(
         self,
         settings: Settings,
@@ -112,10 +89,7 @@ class DataPlane:
         self.repository = repository
         self.metrics = metrics
         self.executor = executor
-        self.limits = DecodeLimits(settings.max_image_pixels, settings.max_request_pixels)
-        self.budget = PixelBudget(settings.max_decoding_pixels)
-        self._threads = max(1, getattr(executor, "_max_workers", 1))
-        self._stage_children: dict[tuple[str, str], Histogram] = {}
+        self.decoder = Decoder(settings, executor, metrics.stages)
 
     # -- models ------------------------------------------------------------------------
 
@@ -142,134 +116,40 @@ class DataPlane:
 
     # -- decoding ----------------------------------------------------------------------
 
-    def _observer(self, stage: str, model: str) -> Histogram:
-        child = self._stage_children.get((stage, model))
-        if child is None:
-            child = self._stage_children[stage, model] = self.metrics.stages.labels(stage, model)
-        return child
-
-    def _empty_batch(self, model: ModelVersion, size: int) -> np.ndarray:
-        spec = model.runtime.card.input
-        return np.empty(spec.shape(size), dtype=spec.numpy_dtype)
-
-    def _decode(
-        self,
-        model: ModelVersion,
-        images: Images,
-        opened: list[Image.Image | None],
-        out: np.ndarray,
-        start: int,
-        token: CancelToken,
-        *,
-        wait: bool = True,
-    ) -> None:
-        """``decode_rows`` with this model's stage metrics; a bad image as its domain error."""
-        decode = self._observer("decode", model.runtime.name)
-        preprocess = self._observer("preprocess", model.runtime.name)
-
-        def observe(decoded: float, preprocessed: float) -> None:
-            decode.observe(decoded)
-            preprocess.observe(preprocessed)
-
-        try:
-            decode_rows(
-                opened,
-                model.runtime.card.input,
-                out,
-                start,
-                budget=self.budget,
-                token=token,
-                observe=observe,
-                wait=wait,
-            )
-        except ImageFailure as failure:
-            raise image_error(failure, images) from failure.error
-
-    def _open(self, images: Images, token: CancelToken) -> list[Image.Image]:
-        try:
-            return open_all(images, self.limits, token)
-        except ImageFailure as failure:
-            raise image_error(failure, images) from failure.error
-
-    def _in_pool(self, model: ModelVersion, images: Images, token: CancelToken) -> object:
-        """One pool job: every header, then every image when the request is small; a large
-        request of several images comes back opened, to be spread over the pool."""
-        opened: list[Image.Image | None] = list(self._open(images, token))
-        if len(opened) > 1 and self._threads > 1 and pixels_of(opened) > self.spread_pixels:
-            return opened
-        batch = self._empty_batch(model, len(opened))
-        self._decode(model, images, opened, batch, 0, token)
-        return batch
-
-    def _on_batcher(self, model: ModelVersion, images: Images, token: CancelToken) -> np.ndarray:
-        """``prepare`` for the batcher's thread: small requests only (``_Elsewhere``)."""
-        opened = self._open(images, token)
-        if pixels_of(opened) > self.serial_max_pixels:
-            raise _Elsewhere(opened)
-        batch = self._empty_batch(model, len(opened))
-        # Counted in the budget, never waiting for it: the batcher must not stall behind
-        # large decodes in the pool, and what it decodes is bounded by serial_max_pixels.
-        self._decode(model, images, list(opened), batch, 0, token, wait=False)
-        return batch
-
     async def run_in_pool(self, call: Callable[[], T]) -> T:
         """``call()`` in the decode pool: CPU work on request data never runs on the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
-
-    async def _spread(
-        self,
-        model: ModelVersion,
-        images: Images,
-        opened: Sequence[Image.Image | None],
-        token: CancelToken,
-    ) -> np.ndarray:
-        """Decode opened images in one pool job per thread, rows straight into the batch."""
-        batch = self._empty_batch(model, len(opened))
-        chunk = -(-len(opened) // min(len(opened), self._threads))
-        jobs = [
-            self.run_in_pool(
-                functools.partial(
-                    self._decode, model, images, list(opened[i : i + chunk]), batch, i, token
-                )
-            )
-            for i in range(0, len(opened), chunk)
-        ]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
-        for result in results:  # chunks are in order: the first error is the earliest image
-            if isinstance(result, BaseException):
-                raise result
-        return batch
+        return await self.decoder.run_in_pool(call)
 
     async def prepare(
         self, model: ModelVersion, images: Images, *, token: CancelToken | None = None
     ) -> np.ndarray:
-        """Decode and preprocess ``images`` in the pool: (N, C, H, W) float32 in request
-        order, or the domain error of the first image that fails."""
-        token = token or CancelToken()
-        try:
-            result = await self.run_in_pool(functools.partial(self._in_pool, model, images, token))
-            if isinstance(result, np.ndarray):
-                return result
-            return await self._spread(model, images, result, token)  # type: ignore[arg-type]
-        finally:
-            token.cancel()  # a request that gave up stops its workers between images
+        """Decode and preprocess ``images`` in the pool: a batch of the model's input in
+        request order, or the domain error of the first image that fails."""
+        spec, name = model.runtime.card.input, model.runtime.name
+        return await self.decoder.prepare(spec, name, images, token=token)
 
     # -- inference ---------------------------------------------------------------------
 
     async def infer(
         self, model: ModelVersion, batch: np.ndarray, *, ticket: Incoming | None = None
     ) -> np.ndarray:
-        """The model's output for an (N, C, H, W) float32 batch, through the batcher
-        (``ticket``: the batcher was told these images were coming)."""
-        output = await model.batcher.submit(
+        """The model's scores for a batch of its input, through the batcher (``ticket``:
+        the batcher was told these images were coming)."""
+        return (await self._outputs(model, batch, ticket=ticket))[0]
+
+    async def _outputs(
+        self, model: ModelVersion, batch: np.ndarray, *, ticket: Incoming | None = None
+    ) -> Outputs:
+        outputs = await model.batcher.submit(
             batch, timeout_s=self.settings.request_timeout_s, ticket=ticket
         )
         self.metrics.images.labels(model.runtime.name).inc(len(batch))
-        return _finite(model, output)
+        return _finite(model, outputs)
 
     async def probabilities(self, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, classes) of a batch of inputs, through the batcher."""
-        return probabilities(await self.infer(model, batch), model.runtime.card.output_kind)
+        """Class probabilities (N, classes) of a batch of inputs, through the batcher,
+        calibrated as classify's are."""
+        return model.runtime.trust.probabilities(await self.infer(model, batch))
 
     async def cam_features(
         self, model: ModelVersion, image: np.ndarray
@@ -277,7 +157,7 @@ class DataPlane:
         """One input's class probabilities and the (C, h, w) feature maps its classifier
         head pools, from one forward pass (in the pool, as feature maps are)."""
         scores, maps = await self.run_in_pool(functools.partial(model.runtime.cam_features, image))
-        return probabilities(scores[None], model.runtime.card.output_kind)[0], maps
+        return model.runtime.trust.probabilities(scores[None])[0], maps
 
     async def infer_tensor(
         self,
@@ -294,36 +174,46 @@ class DataPlane:
 
         return await self._current(model, version, run)
 
-    async def run_images(self, model: ModelVersion, images: Images) -> np.ndarray:
-        """The model's outputs for encoded images, one row per image in request order."""
+    async def run_images(self, model: ModelVersion, images: Images) -> Outputs:
+        """The model's outputs for encoded images (its scores, then the layer outputs its
+        trust statistics read), one row per image in request order."""
         token = CancelToken()
         timeout = self.settings.request_timeout_s
+        decoder, spec, name = self.decoder, model.runtime.card.input, model.runtime.name
         try:
             with model.batcher.incoming(len(images)) as ticket:
-                if self._threads == 1:
+                if self.decoder.threads == 1:
                     try:
                         output = await model.batcher.submit_unprepared(
                             len(images),
-                            functools.partial(self._on_batcher, model, images, token),
+                            functools.partial(decoder.on_batcher, spec, name, images, token),
                             timeout_s=timeout,
                             ticket=ticket,
                         )
-                    except _Elsewhere as moved:
-                        batch = await self._spread(model, images, moved.opened, token)
+                    except Elsewhere as moved:
+                        batch = await decoder.spread(spec, name, images, moved.opened, token)
                     else:
                         self.metrics.images.labels(model.runtime.name).inc(len(images))
                         return _finite(model, output)
                 else:
                     batch = await self.prepare(model, images, token=token)
-                return await self.infer(model, batch, ticket=ticket)
+                return await self._outputs(model, batch, ticket=ticket)
         finally:
             token.cancel()
 
     async def classify(
-        self, model: ModelVersion, images: Images, *, k: int, version: str | None = None
+        self,
+        model: ModelVersion,
+        images: Images,
+        *,
+        k: int,
+        version: str | None = None,
+        calibrated: bool = True,
     ) -> tuple[ModelVersion, list[Classification]]:
         """Top-``k`` classes of each image, on ``model`` (or, if it was swapped out
-        meanwhile, on the ``version`` of the same name serving now)."""
+        meanwhile, on the ``version`` of the same name serving now), with calibrated
+        probabilities (raw softmax if not ``calibrated``) and each image's out-of-
+        distribution verdict, from the same forward pass."""
         classes = len(model.runtime.card.labels)
         if not 1 <= k <= classes:
             raise InvalidParameterError(
@@ -332,13 +222,18 @@ class DataPlane:
                 minimum=1,
                 maximum=classes,
             )
-        served, output = await self._current(
+        served, (scores, *features) = await self._current(
             model, version, functools.partial(self.run_images, images=images)
         )
-        scores = probabilities(output, served.runtime.card.output_kind)
-        indices, values = (a.tolist() for a in top_k(scores, k))  # Python numbers
-        names = [name for name, _ in images]
-        return served, [Classification(n, indices[i], values[i]) for i, n in enumerate(names)]
+        trust = served.runtime.trust
+        verdicts = trust.assess(scores, tuple(features))
+        self.metrics.observe_ood(served.runtime.name, verdicts)
+        chances = trust.probabilities(scores, calibrated=calibrated)
+        indices, values = (a.tolist() for a in top_k(chances, k))  # Python numbers
+        return served, [
+            Classification(name, indices[i], values[i], verdicts[i])
+            for i, (name, _) in enumerate(images)
+        ]
 
     # -- feature maps ------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -30,6 +31,9 @@ from service.repository import ModelRepository
 
 __all__ = ["Metrics", "multiprocess_mode", "queue_depths"]
 
+# Fitted scores are scaled so that the validation median is 0 and the threshold 1; raw
+# energy scores (models without statistics) are negative, tens for 1000 classes.
+_OOD_BUCKETS = (-50.0, -20.0, -10.0, -5.0, -2.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
 _LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -186,6 +190,19 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.ood_scores = Histogram(
+            "cnnserve_ood_score",
+            "Out-of-distribution scores of classified images (above 1: past the threshold)",
+            ["model"],
+            buckets=_OOD_BUCKETS,
+            registry=r,
+        )
+        self.ood_flagged = Counter(
+            "cnnserve_ood_flagged_images",
+            "Classified images flagged as unlike the model's training data",
+            ["model"],
+            registry=r,
+        )
         self.occluded = Counter(
             "cnnserve_occluded_images",
             "Occluded copies run for explanations",
@@ -227,6 +244,17 @@ class Metrics:
     def close(self) -> None:
         """Stop the queue-depth sampler (multiprocess mode)."""
         self._stop.set()
+
+    def observe_ood(self, model: str, verdicts: list[dict[str, Any]]) -> None:
+        """Record a request's out-of-distribution verdicts: a drift in what clients send
+        shows in the scores' distribution and the flagged count."""
+        scores = self.ood_scores.labels(model)
+        flagged = 0
+        for verdict in verdicts:
+            scores.observe(verdict["score"])
+            flagged += bool(verdict["flagged"])
+        if flagged:
+            self.ood_flagged.labels(model).inc(flagged)
 
     def batch_observer(self, model: str) -> BatchObserver:
         size = self.batch_size.labels(model)

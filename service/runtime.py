@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,7 @@ import onnxruntime as ort
 from service.graph import Layer, describe_layers
 from service.head import Head, classifier_head
 from service.model_card import ModelCard
+from service.trust import VersionTrust
 
 __all__ = [
     "ModelLoadError",
@@ -134,6 +136,22 @@ def create_session(
     return session, Placement((CPU,), fallback_reason=reason)
 
 
+def _with_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
+    """``model`` with the activations ``outputs`` added as graph outputs (a copy; ``model``
+    itself when there are none)."""
+    if not outputs:
+        return model
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model)
+    present = {o.name for o in proto.graph.output}
+    for name in outputs:
+        if name not in present:
+            proto.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            )
+    return proto
+
+
 class ModelRuntime:
     """One loaded version of one model."""
 
@@ -143,8 +161,15 @@ class ModelRuntime:
         self.name, self.version, self.path, self.card = name, version, path, card
         self._config = config
         try:
+            # Calibration and out-of-distribution statistics: the layer outputs the latter
+            # reads are added to the inference graph, so one forward pass gives them all.
+            self.trust = VersionTrust.load(card, version, path.parent)
+        except ValueError as exc:
+            raise ModelLoadError(f"{path.parent}: {exc}") from exc
+        try:
             self._proto = onnx.load(str(path))
-            self.session, self.placement = create_session(self._proto.SerializeToString(), config)
+            served = _with_outputs(self._proto, self.trust.outputs)
+            self.session, self.placement = create_session(served.SerializeToString(), config)
         except ModelLoadError:
             raise
         except Exception as exc:
@@ -194,9 +219,11 @@ class ModelRuntime:
         """The input's shape with -1 for dynamic axes."""
         return [d if isinstance(d, int) else -1 for d in self.input.shape]
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model on a batch of its input (``card.input.shape(n)``); its first output."""
-        return self.session.run([self.output.name], {self.input.name: batch})[0]
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Run the model on a batch of its input (``card.input.shape(n)``): its first output
+        (the class scores), then the layer outputs ``trust`` reads."""
+        names = [self.output.name, *self.trust.outputs]
+        return tuple(self.session.run(names, {self.input.name: batch}))
 
     def warm_up(self) -> None:
         spec = self.card.input
@@ -207,14 +234,7 @@ class ModelRuntime:
 
     def _augmented(self, outputs: list[str]) -> ort.InferenceSession:
         """A session of the model with ``outputs`` (activations) added as graph outputs."""
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self._proto)
-        present = {o.name for o in proto.graph.output}
-        for name in outputs:
-            if name not in present:
-                proto.graph.output.append(
-                    onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-                )
+        proto = _with_outputs(self._proto, outputs)
         session, _ = create_session(proto.SerializeToString(), self._config)
         return session
 

@@ -47,7 +47,7 @@ def _json(explanation: Explanation) -> dict[str, Any]:
         },
         "heatmap": {
             "shape": list(heatmap.values.shape),
-            "values": heatmap.values.round(5).tolist(),
+            "values": heatmap.values.astype(np.float64).round(5).tolist(),
             "grid": heatmap.grid.to_json(),
         },
         "elapsed_ms": round(explanation.seconds * 1000, 2),

@@ -28,7 +28,7 @@ from service.api.uploads import read_uploads
 from service.dataplane import FeatureMap
 from service.errors import InvalidParameterError
 from service.explainer import supported_methods
-from service.repository import ModelEntry
+from service.repository import ModelEntry, ModelVersion
 from service.visualize import feature_grid_png
 
 __all__ = ["CLASSIFY_ROUTE", "classify_route", "model_info", "router"]
@@ -87,6 +87,7 @@ def model_info(entry: ModelEntry, version: str | None = None) -> ModelInfo:
             resize_shorter=spec.resize_shorter,
         ),
         "explanations": supported_methods(served),
+        **_version_facts(served),
         "layers": [
             LayerInfo(
                 name=layer.name,
@@ -100,6 +101,24 @@ def model_info(entry: ModelEntry, version: str | None = None) -> ModelInfo:
         ],
     }
     return ModelInfo(**info)
+
+
+def _version_facts(served: ModelVersion) -> dict[str, Any]:
+    """What ModelInfo says of a version's precision, calibration and out-of-distribution
+    statistics: model.json's facts (the fitting's details left out) and what is applied."""
+    facts = served.runtime.card.version_facts(served.version)
+    trust = served.runtime.trust
+    calibration = {"temperature": trust.temperature, "fitted": facts.calibration is not None}
+    if facts.calibration:
+        calibration |= {k: v for k, v in facts.calibration.items() if k in ("ece", "nll")}
+    detector = trust.detector
+    ood: dict[str, Any] = {
+        "method": "msp" if trust.kind == "probabilities" and not detector.fitted else detector.name,
+        "fitted": detector.fitted,
+    }
+    if facts.ood:
+        ood |= {k: v for k, v in facts.ood.items() if k not in ("selection", "command", "file")}
+    return {"precision": facts.precision, "calibration": calibration, "ood": ood}
 
 
 @router.get(
@@ -128,6 +147,11 @@ async def get_model(state: State, name: str, version: Version = None) -> JSON:
 
 _VERSION = re.compile(r"^[0-9]{1,9}$")
 _INTEGER = re.compile(r"^\s*[+-]?[0-9]{1,18}\s*$")
+# What FastAPI's validation takes for a boolean query parameter.
+_BOOLEANS = {
+    **dict.fromkeys(("true", "1", "yes", "on", "t", "y"), True),
+    **dict.fromkeys(("false", "0", "no", "off", "f", "n"), False),
+}
 
 
 def _parameter_error(parameter: str, problem: str) -> InvalidParameterError:
@@ -151,18 +175,33 @@ async def classify_route(request: Request) -> JSON:
         raise _parameter_error(
             "top_k", "Input should be a valid integer, unable to parse string as an integer"
         )
+    calibrated = _BOOLEANS.get(query.get("calibrated", "true").strip().lower())
+    if calibrated is None:
+        raise _parameter_error(
+            "calibrated", "Input should be a valid boolean, unable to interpret input"
+        )
     request.scope["route"] = CLASSIFY_ROUTE  # the endpoint label of the request metrics
     state = request.app.state.cnnserve
-    return await _classify(request, state, request.path_params["name"], version, int(top_k))
+    name = request.path_params["name"]
+    return await _classify(request, state, name, version, int(top_k), calibrated)
 
 
 async def _classify(
-    request: Request, state: AppState, name: str, version: str | None, top_k: int
+    request: Request,
+    state: AppState,
+    name: str,
+    version: str | None,
+    top_k: int,
+    calibrated: bool,
 ) -> JSON:
     model = state.dataplane.model(name, version)  # unknown or unavailable: before the body
     uploads = await read_uploads(request, max_images=state.settings.max_images_per_request)
     served, results = await state.dataplane.classify(
-        model, [(u.filename, u.data) for u in uploads], k=top_k, version=version
+        model,
+        [(u.filename, u.data) for u in uploads],
+        k=top_k,
+        version=version,
+        calibrated=calibrated,
     )
     labels = served.runtime.card.labels
     return JSON(
@@ -176,6 +215,7 @@ async def _classify(
                         {"index": i, "label": labels[i], "probability": p}
                         for i, p in zip(r.indices, r.probabilities, strict=True)
                     ],
+                    "ood": r.ood,
                 }
                 for r in results
             ],

@@ -98,6 +98,14 @@ def _classify_operation(components: dict[str, Any]) -> dict[str, Any]:
                 "schema": {"type": "integer", "default": 5},
                 "description": "predictions per image (1..classes)",
             },
+            {
+                "name": "calibrated",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "boolean", "default": True},
+                "description": "false: the raw softmax instead of the temperature-calibrated "
+                "probabilities",
+            },
         ],
         **IMAGE_BODY,
         "responses": {

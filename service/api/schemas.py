@@ -22,6 +22,7 @@ __all__ = [
     "ModelHealth",
     "ModelInfo",
     "ModelList",
+    "OutOfDistribution",
     "Prediction",
     "ReceptiveFieldInfo",
     "Stats",
@@ -84,6 +85,13 @@ class ModelInfo(BaseModel):
     explanations: list[str] = Field(
         default_factory=list, description="explanation methods this model supports"
     )
+    precision: str | None = Field(None, description="fp32, fp16 or int8: the version's graph")
+    calibration: dict[str, Any] | None = Field(
+        None, description="the version's temperature and expected calibration error figures"
+    )
+    ood: dict[str, Any] | None = Field(
+        None, description="the version's out-of-distribution methods and thresholds"
+    )
     architecture: str | None = None
     dataset: str | None = None
     parameters: int | None = None
@@ -100,9 +108,23 @@ class Prediction(BaseModel):
     probability: float
 
 
+class OutOfDistribution(BaseModel):
+    score: float = Field(
+        description="higher: less like the training data; with a threshold, scaled so that "
+        "the validation median is 0 and the threshold 1"
+    )
+    threshold: float | None = Field(description="null where none was fitted")
+    flagged: bool
+    method: str = Field(
+        description="the method(s) used, joined by +; when flagged, those that fired",
+        examples=["energy+mahalanobis"],
+    )
+
+
 class ImageResult(BaseModel):
     filename: str | None
     predictions: list[Prediction]
+    ood: OutOfDistribution
 
 
 class ClassifyResponse(BaseModel):

@@ -424,7 +424,7 @@ def test_openapi_documents_every_endpoint_and_its_errors(client: TestClient) -> 
     assert "401" in spec["paths"]["/v2/models/{name}/infer"]["post"]["responses"]
     assert "401" not in spec["paths"]["/health/ready"]["get"]["responses"]
     parameters = {p["name"] for p in classify["parameters"]}
-    assert parameters == {"name", "version", "top_k"}
+    assert parameters == {"name", "version", "top_k", "calibrated"}
 
 
 def test_request_ids_and_security_headers(client: TestClient) -> None:

@@ -22,11 +22,13 @@ class Recorder:
         self.gate = threading.Event()
         self.gate.set()
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Two outputs, as a model with layer outputs gives: each caller gets its rows of
+        both."""
         self.gate.wait(5)
         time.sleep(self.delay_s)
         self.batches.append(len(batch))
-        return batch * 2
+        return batch * 2, batch.sum(axis=1)
 
 
 def make(run: Recorder, **options: float) -> Batcher:
@@ -38,7 +40,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows() -> None:
     run = Recorder()
     batcher = make(run)
 
-    async def main() -> list[np.ndarray]:
+    async def main() -> list[tuple[np.ndarray, ...]]:
         run.gate.clear()  # hold the first batch so the others queue behind it
         first = asyncio.ensure_future(batcher.submit(np.full((1, 2), -1.0)))
         await asyncio.sleep(0.05)
@@ -50,9 +52,11 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows() -> None:
 
     results = asyncio.run(main())
     batcher.close()
-    assert np.array_equal(results[0], np.full((1, 2), -2.0))
-    for i, rows in enumerate(results[1:]):
+    assert np.array_equal(results[0][0], np.full((1, 2), -2.0))
+    assert np.array_equal(results[0][1], [-2.0])
+    for i, (rows, sums) in enumerate(results[1:]):
         assert np.array_equal(rows, np.full((2, 2), 2.0 * i))
+        assert np.array_equal(sums, [2.0 * i, 2.0 * i])
     assert run.batches[0] == 1 and max(run.batches[1:]) == 8  # 12 queued images: 8 + 4
     assert sum(run.batches) == 13
 
@@ -72,9 +76,10 @@ def test_a_lone_request_does_not_wait_for_a_batch_to_fill() -> None:
 def test_requests_larger_than_the_batch_run_in_chunks() -> None:
     run = Recorder()
     batcher = make(run)
-    rows = asyncio.run(batcher.submit(np.arange(40.0).reshape(20, 2)))
+    rows, sums = asyncio.run(batcher.submit(np.arange(40.0).reshape(20, 2)))
     batcher.close()
     assert np.array_equal(rows, np.arange(40.0).reshape(20, 2) * 2)
+    assert np.array_equal(sums, np.arange(40.0).reshape(20, 2).sum(axis=1))
     assert run.batches == [8, 8, 4]
 
 
@@ -94,7 +99,7 @@ def test_a_full_queue_is_refused_at_once_and_recovers() -> None:
         run.gate.set()
         await running
         await queued
-        assert len(await batcher.submit(np.zeros((4, 2)))) == 4  # load dropped: served again
+        assert len((await batcher.submit(np.zeros((4, 2))))[0]) == 4  # load gone: served again
 
     asyncio.run(main())
     batcher.close()
@@ -120,7 +125,7 @@ def test_a_deadline_discards_queued_work() -> None:
 
 
 def test_errors_reach_every_caller_of_the_batch() -> None:
-    def broken(batch: np.ndarray) -> np.ndarray:
+    def broken(batch: np.ndarray) -> tuple[np.ndarray, ...]:
         raise RuntimeError("device lost")
 
     batcher = Batcher(broken, name="broken", max_batch_size=4, max_queue_delay_s=0, capacity=8)

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from testkit import MODELS
 
-from service import dataplane
+from service import decoder
 from service.app import create_app
 from service.config import Settings
 from service.decoding import decode_rows
@@ -34,7 +34,7 @@ def served(
         threads.extend(threading.current_thread().name for image in opened if image is not None)
         decode_rows(opened, *args, **kwargs)
 
-    monkeypatch.setattr(dataplane, "decode_rows", recording)
+    monkeypatch.setattr(decoder, "decode_rows", recording)
     settings = Settings(providers="cpu", model_dir=MODELS, decode_threads=request.param)
     with TestClient(create_app(settings)) as client:
         yield client, threads, request.param

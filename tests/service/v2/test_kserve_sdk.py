@@ -131,13 +131,14 @@ def sdk(
 
 @pytest.fixture(scope="module")
 def native(server: Server, batches: dict[str, Batch]) -> dict[str, npt.NDArray[np.float64]]:
-    """/v1 classify's probabilities of every class, image by image, per model."""
+    """/v1 classify's raw probabilities (no temperature: what the V2 logits give after a
+    softmax) of every class, image by image, per model."""
     found = {}
     for model, batch in batches.items():
         classes = len(load_card(MODELS / model / "model.json").labels)
         response = httpx.post(
             f"{server.url}/v1/models/{model}/classify",
-            params={"top_k": classes},
+            params={"top_k": classes, "calibrated": "false"},
             files=[("file", file) for file in batch.files],
             timeout=120,
         )

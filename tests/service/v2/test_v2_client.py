@@ -265,19 +265,26 @@ def test_v2_equals_the_native_api(
     fashion_images: npt.NDArray[np.uint8],
     model: str,
 ) -> None:
-    """Same image, same model: the V2 logits after softmax are the native probabilities."""
+    """Same image, same model: the V2 logits after softmax are the native raw probabilities
+    (?calibrated=false), and after dividing by the model's temperature, its calibrated ones."""
     images = fashion_images[:6]
     files = [("file", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(images)]
-    native = httpx.post(
-        f"{server.url}/v1/models/{model}/classify", params={"top_k": 10}, files=files, timeout=60
-    )
-    assert native.status_code == 200, native.text
-    expected = np.zeros((len(images), 10))
-    for row, result in enumerate(native.json()["results"]):
-        for prediction in result["predictions"]:
-            expected[row, prediction["index"]] = prediction["probability"]
     logits = _logits(client.infer(model, [_input(normalise(images, model))]))
-    np.testing.assert_allclose(softmax(logits), expected, rtol=0, atol=1e-5)
+    temperature = httpx.get(f"{server.url}/v1/models/{model}").json()["calibration"]["temperature"]
+    assert temperature > 1  # fitted: the Fashion models were over-confident
+    for calibrated, divisor in (("false", 1.0), ("true", temperature)):
+        native = httpx.post(
+            f"{server.url}/v1/models/{model}/classify",
+            params={"top_k": 10, "calibrated": calibrated},
+            files=files,
+            timeout=60,
+        )
+        assert native.status_code == 200, native.text
+        expected = np.zeros((len(images), 10))
+        for row, result in enumerate(native.json()["results"]):
+            for prediction in result["predictions"]:
+                expected[row, prediction["index"]] = prediction["probability"]
+        np.testing.assert_allclose(softmax(logits / divisor), expected, rtol=0, atol=1e-5)
 
 
 def test_mobilenet_over_v2_matches_the_native_api(
@@ -295,7 +302,7 @@ def test_mobilenet_over_v2_matches_the_native_api(
     assert top[0, 0].decode().endswith(":285:Egyptian cat")
     native = httpx.post(
         f"{server.url}/v1/models/{model}/classify",
-        params={"top_k": 1000},
+        params={"top_k": 1000, "calibrated": "false"},
         files={"file": ("cat.jpg", photos["chelsea"], "image/jpeg")},
         timeout=60,
     )

@@ -1,0 +1,83 @@
+"""How far to trust one model version's answers, applied after its forward pass.
+
+A version's temperature (``versions[v].calibration.temperature`` in model.json; none: 1) and
+its out-of-distribution detector (``versions[v].ood``: the fitted statistics of
+``<version>/ood.npz``, read by ``service.ood_file``; none: the energy score with no
+threshold, which never flags). The layer outputs the detector reads are added to the
+version's inference graph (``outputs``), so the scores come from the same forward pass as
+the classification: no second inference.
+
+A model whose output is already a softmax has no logits for the energy score; without
+fitted statistics it gets the maximum softmax probability instead (``msp``: minus the top
+probability, higher = less confident), also with no threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.model_card import ModelCard
+from service.ood import OodDetector, max_softmax_score
+from service.ood_file import OodStatsError, load_detector
+from service.postprocess import probabilities
+
+__all__ = ["Verdict", "VersionTrust"]
+
+Verdict = dict[str, Any]  # the response's "ood": score, threshold, flagged, method
+
+
+@dataclass(frozen=True)
+class VersionTrust:
+    temperature: float  # 1: not calibrated
+    detector: OodDetector
+    kind: str  # the model's output: "logits" or "probabilities"
+
+    @classmethod
+    def load(cls, card: ModelCard, version: str, folder: Path) -> VersionTrust:
+        """What model.json says of ``version`` (in ``folder``); a statistics file named
+        there that cannot be read raises ValueError with the reason."""
+        facts = card.version_facts(version)
+        temperature = float((facts.calibration or {}).get("temperature") or 1.0)
+        file = (facts.ood or {}).get("file")
+        if file:
+            try:
+                detector = load_detector(folder / str(file))
+            except (OodStatsError, OSError) as exc:
+                raise ValueError(f"its out-of-distribution statistics: {exc}") from exc
+        else:
+            detector = OodDetector.energy_only()
+        if temperature <= 0 or not np.isfinite(temperature):
+            raise ValueError(f"its calibration temperature is {temperature}: not positive")
+        return cls(temperature, detector, card.output_kind)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The layer outputs to fetch beside the scores, in the order ``assess`` reads them."""
+        return self.detector.outputs
+
+    def probabilities(self, scores: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
+        """The model's scores as probabilities: tempered unless ``calibrated`` is False."""
+        return probabilities(scores, self.kind, self.temperature if calibrated else 1.0)
+
+    def assess(self, scores: np.ndarray, features: tuple[np.ndarray, ...]) -> list[Verdict]:
+        """Each row's verdict, from the model's scores and the layer outputs (``outputs``)."""
+        if self.kind == "probabilities" and not self.detector.fitted:
+            score = max_softmax_score(np.log(np.clip(scores, 1e-300, None)))
+            return [
+                {"score": float(s), "threshold": None, "flagged": False, "method": "msp"}
+                for s in score
+            ]
+        named = dict(zip(self.outputs, features, strict=True))
+        assessment = self.detector.assess(scores, named)
+        verdicts = []
+        for i in range(len(scores)):
+            verdict = assessment.verdict(i)
+            fired = verdict.pop("fired")
+            if fired:  # which method(s) said so
+                verdict["method"] = "+".join(fired)
+            verdicts.append(verdict)
+        return verdicts
