@@ -15,12 +15,14 @@ from cnn_client._core import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     ClientCore,
+    ExplainQuery,
     Operation,
     Sleep,
+    Target,
     transport_error,
 )
 from cnn_client._images import ImageInput
-from cnn_client._results import Classification, FeatureMap, ModelInfo
+from cnn_client._results import Classification, Explanation, FeatureMap, ModelInfo
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -153,6 +155,47 @@ class Client:
             self._core.feature_map_png(image, model=model, layer=layer, version=version)
         )
 
+    def explain(
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        method: str = "occlusion",
+        target: Target = None,
+        window: int | None = None,
+        stride: int | None = None,
+        version: Version = None,
+    ) -> Explanation:
+        """Why the model chose a class for one image: a heatmap over its input.
+
+        ``method`` is ``"occlusion"`` (every model) or ``"cam"`` (models whose head is
+        global average pooling and one linear layer; ``ModelInfo.explanations`` lists each
+        model's). ``target`` is a class index or label, by default the top class; a label
+        made only of digits is read as an index. ``window`` and ``stride`` (occlusion only,
+        in model-input pixels) default to the server's choice for the input size. A method
+        the model cannot have raises InvalidInputError with code ``method_not_supported``.
+        """
+        query = ExplainQuery(method, target, window, stride, version)
+        operation = self._core.explain(image, model=model, query=query)
+        return self._run(operation)
+
+    def explanation_png(
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        method: str = "occlusion",
+        target: Target = None,
+        window: int | None = None,
+        stride: int | None = None,
+        version: Version = None,
+    ) -> bytes:
+        """The explanation as PNG bytes rendered by the server: the heatmap in colour over
+        the model input. Arguments as for :meth:`explain`."""
+        query = ExplainQuery(method, target, window, stride, version)
+        operation = self._core.explanation_png(image, model=model, query=query)
+        return self._run(operation)
+
 
 class AsyncClient:
     """The asyncio twin of :class:`Client`: same arguments, same methods, awaited.
@@ -266,4 +309,36 @@ class AsyncClient:
     ) -> bytes:
         """See :meth:`Client.feature_map_png`."""
         operation = self._core.feature_map_png(image, model=model, layer=layer, version=version)
+        return await self._run(operation)
+
+    async def explain(
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        method: str = "occlusion",
+        target: Target = None,
+        window: int | None = None,
+        stride: int | None = None,
+        version: Version = None,
+    ) -> Explanation:
+        """See :meth:`Client.explain`."""
+        query = ExplainQuery(method, target, window, stride, version)
+        operation = self._core.explain(image, model=model, query=query)
+        return await self._run(operation)
+
+    async def explanation_png(
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        method: str = "occlusion",
+        target: Target = None,
+        window: int | None = None,
+        stride: int | None = None,
+        version: Version = None,
+    ) -> bytes:
+        """See :meth:`Client.explanation_png`."""
+        query = ExplainQuery(method, target, window, stride, version)
+        operation = self._core.explanation_png(image, model=model, query=query)
         return await self._run(operation)

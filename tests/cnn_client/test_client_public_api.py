@@ -104,7 +104,15 @@ def test_results_are_frozen_dataclasses() -> None:
     prediction = cnn_client.Prediction(index=9, label="Ankle boot", probability=0.9)
     with pytest.raises(dataclasses.FrozenInstanceError):
         prediction.label = "Bag"  # type: ignore[misc]
-    for name in ("Prediction", "Classification", "FeatureMap", "ModelInfo", "ReceptiveField"):
+    for name in (
+        "Prediction",
+        "Classification",
+        "FeatureMap",
+        "Explanation",
+        "HeatmapGrid",
+        "ModelInfo",
+        "ReceptiveField",
+    ):
         cls = getattr(cnn_client, name)
         assert dataclasses.is_dataclass(cls)
         assert getattr(cls, "__dataclass_params__").frozen  # noqa: B009
