@@ -1,9 +1,12 @@
-"""Explanations through the client, against a real `cnnserve serve`."""
+"""Explanations through the client and the `cnnserve` CLI, against a real `cnnserve serve`."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
+CNNSERVE = Path(sys.executable).parent / "cnnserve"
 CHELSEA = REPO / "service" / "static" / "samples" / "chelsea.jpg"
 Fashion = tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]
 
@@ -165,3 +169,47 @@ def test_async_client_explains_the_same(server_url: str, boot: Path) -> None:
             other.grid,
         )
         np.testing.assert_array_equal(one.heatmap, other.heatmap)
+
+
+# The command line, as a user runs it -------------------------------------------------
+
+
+def _cnnserve(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CNNSERVE), *map(str, args)],
+        cwd=REPO,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_writes_the_overlay(server_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "overlay.png"
+    run = _cnnserve(
+        "explain", CHELSEA, "--model", "mobilenetv2-imagenet", "--method", "cam",
+        "--out", out, "--url", server_url,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(out)
+    overlay = Image.open(out)
+    overlay.load()
+    assert (overlay.format, overlay.size) == ("PNG", (224, 224))
+
+
+def test_cli_table(server_url: str) -> None:
+    run = _cnnserve("explain", CHELSEA, "-m", "mobilenetv2-imagenet", "--url", server_url)
+    assert run.returncode == 0, run.stderr
+    assert "Egyptian cat (index 285)" in run.stdout
+    assert "occlusion (window 32, stride 16)" in run.stdout
+
+
+def test_cli_bad_window_is_one_error_line(server_url: str, boot: Path) -> None:
+    run = _cnnserve("explain", boot, "-m", "lenet5-fashion", "--window", "99", "--url", server_url)
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: window must be")
+    assert "invalid_parameter" in lines[0]
+    assert run.stdout == ""

@@ -197,4 +197,4 @@ def test_client_and_cli_work_without_the_server_and_training_dependencies() -> N
     )
     report = json.loads(out)
     assert report["label"] == "Dress"
-    assert {"classify", "feature-maps", "models", "health"} <= set(report["commands"])
+    assert {"classify", "feature-maps", "explain", "models", "health"} <= set(report["commands"])
