@@ -22,6 +22,7 @@ from cnn_client._results import (
     InputSpec,
     LayerInfo,
     ModelInfo,
+    OutOfDistribution,
     Prediction,
     ReceptiveField,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "LayerInfo",
     "ModelInfo",
     "NotFoundError",
+    "OutOfDistribution",
     "Prediction",
     "ReceptiveField",
     "ServerError",

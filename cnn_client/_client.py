@@ -109,14 +109,26 @@ class Client:
         return self._run(self._core.model(name, version=version))
 
     def classify(
-        self, image: ImageInput, *, model: str, top_k: int = 5, version: Version = None
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        top_k: int = 5,
+        version: Version = None,
+        calibrated: bool = True,
     ) -> Classification:
         """The ``top_k`` most probable classes of one image.
 
         ``image`` is a path, encoded bytes, a binary file object, a PIL image or a uint8
-        numpy array (HxW grey or HxWxC); arrays and PIL images are sent as PNG.
+        numpy array (HxW grey or HxWxC); arrays and PIL images are sent as PNG. The
+        probabilities are temperature-calibrated where the model has a temperature;
+        ``calibrated=False`` asks for the raw softmax. ``result.ood`` says whether the
+        image looks out of distribution, when the server tells.
         """
-        return self._run(self._core.classify(image, model=model, top_k=top_k, version=version))
+        operation = self._core.classify(
+            image, model=model, top_k=top_k, version=version, calibrated=calibrated
+        )
+        return self._run(operation)
 
     def classify_many(
         self,
@@ -125,13 +137,16 @@ class Client:
         model: str,
         top_k: int = 5,
         version: Version = None,
+        calibrated: bool = True,
     ) -> list[Classification]:
         """Classify many images, in order, in one request per server limit's worth.
 
         The client starts at 64 images per request; a ``too_many_images`` answer teaches it
         the server's limit and the rest is sent in smaller requests.
         """
-        operation = self._core.classify_many(images, model=model, top_k=top_k, version=version)
+        operation = self._core.classify_many(
+            images, model=model, top_k=top_k, version=version, calibrated=calibrated
+        )
         return self._run(operation)
 
     def feature_maps(
@@ -274,10 +289,18 @@ class AsyncClient:
         return await self._run(self._core.model(name, version=version))
 
     async def classify(
-        self, image: ImageInput, *, model: str, top_k: int = 5, version: Version = None
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        top_k: int = 5,
+        version: Version = None,
+        calibrated: bool = True,
     ) -> Classification:
         """See :meth:`Client.classify`."""
-        operation = self._core.classify(image, model=model, top_k=top_k, version=version)
+        operation = self._core.classify(
+            image, model=model, top_k=top_k, version=version, calibrated=calibrated
+        )
         return await self._run(operation)
 
     async def classify_many(
@@ -287,9 +310,12 @@ class AsyncClient:
         model: str,
         top_k: int = 5,
         version: Version = None,
+        calibrated: bool = True,
     ) -> list[Classification]:
         """See :meth:`Client.classify_many`."""
-        operation = self._core.classify_many(images, model=model, top_k=top_k, version=version)
+        operation = self._core.classify_many(
+            images, model=model, top_k=top_k, version=version, calibrated=calibrated
+        )
         return await self._run(operation)
 
     async def feature_maps(

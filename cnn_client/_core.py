@@ -256,11 +256,16 @@ class ClientCore:
         model: str,
         top_k: int,
         version: str | int | None,
+        calibrated: bool = True,
     ) -> Operation[list[Classification]]:
-        """Classify in as few requests as the server's per-request image limit allows."""
+        """Classify in as few requests as the server's per-request image limit allows.
+
+        ``calibrated=False`` asks for the raw softmax; the default sends nothing, so that a
+        server older than calibration sees the request it knows.
+        """
         uploads = [to_upload(image, index) for index, image in enumerate(images)]
         path = self._model_path(model, "/classify")
-        params = self._params(version, top_k=top_k)
+        params = self._params(version, top_k=top_k, calibrated=None if calibrated else "false")
         results: list[Classification] = []
         start = 0
         while start < len(uploads):
@@ -282,9 +287,17 @@ class ClientCore:
         return results
 
     def classify(
-        self, image: ImageInput, *, model: str, top_k: int, version: str | int | None
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        top_k: int,
+        version: str | int | None,
+        calibrated: bool = True,
     ) -> Operation[Classification]:
-        results = yield from self.classify_many([image], model=model, top_k=top_k, version=version)
+        results = yield from self.classify_many(
+            [image], model=model, top_k=top_k, version=version, calibrated=calibrated
+        )
         return results[0]
 
     def feature_maps(

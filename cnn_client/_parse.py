@@ -22,6 +22,7 @@ from cnn_client._results import (
     InputSpec,
     LayerInfo,
     ModelInfo,
+    OutOfDistribution,
     Prediction,
     ReceptiveField,
 )
@@ -217,6 +218,25 @@ def _number(value: Any, what: str) -> float:
     return float(value)
 
 
+def _ood(value: Any) -> OutOfDistribution | None:
+    """A result's ``ood`` object, checked field by field (absent or null: None)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"ood is not an object: {value!r}")
+    threshold, flagged, method = value.get("threshold"), value.get("flagged"), value.get("method")
+    if not isinstance(flagged, bool):
+        raise ValueError(f"ood.flagged is not a bool: {flagged!r}")
+    if not isinstance(method, str) or not method:
+        raise ValueError(f"ood.method is not a method name: {method!r}")
+    return OutOfDistribution(
+        score=_number(value.get("score"), "ood.score"),
+        threshold=None if threshold is None else _number(threshold, "ood.threshold"),
+        flagged=flagged,
+        method=method,
+    )
+
+
 def parse_classifications(response: httpx.Response, *, expected: int) -> list[Classification]:
     """The body of a classify call that uploaded ``expected`` images, in upload order."""
     body = json_body(response)
@@ -239,11 +259,12 @@ def parse_classifications(response: httpx.Response, *, expected: int) -> list[Cl
                 model=model,
                 model_version=version,
                 filename=result.get("filename"),
+                ood=_ood(result.get("ood")),
             )
             for result in results
         ]
     except (KeyError, TypeError, ValueError) as exc:
-        raise _invalid(response, f"prediction fields: {exc}") from None
+        raise _invalid(response, f"result fields: {exc}") from None
 
 
 def _feature_map(layer: Any, response: httpx.Response) -> FeatureMap:

@@ -14,6 +14,7 @@ from cnn_client._results import (
     Explanation,
     FeatureMap,
     ModelInfo,
+    OutOfDistribution,
 )
 
 __all__ = [
@@ -33,22 +34,36 @@ def _widest(texts: Iterable[str]) -> int:
 
 
 def classifications_json(results: Sequence[Classification]) -> dict[str, Any]:
-    """The server's own response shape, so that scripts can treat both alike."""
+    """The server's own response shape, so that scripts can treat both alike (``ood`` only
+    where the server sent it)."""
     first = results[0] if results else None
+    documents = []
+    for result in results:
+        document: dict[str, Any] = {
+            "filename": result.filename,
+            "predictions": [dataclasses.asdict(p) for p in result.predictions],
+        }
+        if result.ood is not None:
+            document["ood"] = dataclasses.asdict(result.ood)
+        documents.append(document)
     return {
         "model": first.model if first else None,
         "model_version": first.model_version if first else None,
-        "results": [
-            {
-                "filename": result.filename,
-                "predictions": [dataclasses.asdict(p) for p in result.predictions],
-            }
-            for result in results
-        ],
+        "results": documents,
     }
 
 
+def _ood_note(ood: OutOfDistribution | None) -> str:
+    """The warning a flagged image gets in the table, naming the method(s) that said so."""
+    if ood is None or not ood.flagged:
+        return ""
+    # Spaces around "+" let a narrow column wrap "energy+mahalanobis" instead of cutting it.
+    return f"⚠ out of distribution ({ood.method.replace('+', ' + ')})"
+
+
 def classifications_table(results: Sequence[Classification]) -> Table:
+    """Top-k rows per image; a flagged image gets a note beside its first row (the column
+    appears only when some image is flagged)."""
     title = f"{results[0].model} (version {results[0].model_version})" if results else None
     table = Table(title=title)
     table.add_column("image", no_wrap=True, min_width=_widest(r.filename or "" for r in results))
@@ -57,16 +72,21 @@ def classifications_table(results: Sequence[Classification]) -> Table:
     table.add_column("label", no_wrap=True, min_width=_widest(labels))
     table.add_column("probability", justify="right")
     table.add_column("index", justify="right")
-    for result in results:
+    notes = [_ood_note(result.ood) for result in results]
+    if any(notes):
+        table.add_column("note", style="bold yellow")
+    for result, note in zip(results, notes, strict=True):
         for rank, prediction in enumerate(result.predictions, start=1):
-            table.add_row(
+            cells = [
                 result.filename if rank == 1 else "",
                 str(rank),
                 prediction.label,
                 f"{prediction.probability:.4f}",
                 str(prediction.index),
-                end_section=rank == len(result.predictions),
-            )
+            ]
+            if any(notes):
+                cells.append(note if rank == 1 else "")
+            table.add_row(*cells, end_section=rank == len(result.predictions))
     return table
 
 

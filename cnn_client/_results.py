@@ -18,6 +18,7 @@ __all__ = [
     "InputSpec",
     "LayerInfo",
     "ModelInfo",
+    "OutOfDistribution",
     "Prediction",
     "ReceptiveField",
 ]
@@ -98,13 +99,34 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class OutOfDistribution:
+    """How unlike the model's training data one image looks, as the server judged it.
+
+    ``score`` is higher for less familiar images; ``flagged`` is the server's verdict
+    against ``threshold`` (``None`` where no threshold was fitted: then nothing is flagged).
+    ``method`` names the scoring method or methods, joined with "+" (``"energy"``,
+    ``"energy+mahalanobis"``).
+    """
+
+    score: float
+    threshold: float | None
+    flagged: bool
+    method: str
+
+
+@dataclass(frozen=True)
 class Classification:
-    """The top-k predictions for one image, most probable first."""
+    """The top-k predictions for one image, most probable first.
+
+    ``ood`` is the server's out-of-distribution verdict, ``None`` from a server or model
+    that gives none.
+    """
 
     predictions: tuple[Prediction, ...]
     model: str
     model_version: str
     filename: str | None
+    ood: OutOfDistribution | None = None
 
     @property
     def top(self) -> Prediction:

@@ -84,13 +84,22 @@ def classify(
     model: Model,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="classes per image")] = 5,
     version: Version = None,
+    raw_probabilities: Annotated[
+        bool,
+        typer.Option("--raw-probabilities", help="the raw softmax, not temperature-calibrated"),
+    ] = False,
     url: Url = DEFAULT_URL,
     api_key: ApiKey = None,
     as_json: AsJson = False,
 ) -> None:
-    """Classify images and print the most probable classes of each."""
+    """Classify images and print the most probable classes of each.
+
+    Images the server judges out of distribution are marked in the table ("ood" in --json).
+    """
     with _client(url, api_key) as client:
-        results = client.classify_many(images, model=model, top_k=top_k, version=version)
+        results = client.classify_many(
+            images, model=model, top_k=top_k, version=version, calibrated=not raw_probabilities
+        )
     if as_json:
         _print_json(_render.classifications_json(results))
     else:

@@ -133,7 +133,8 @@ class FakeServer:
     """A cnnserve that follows the contract, with knobs for the failure cases.
 
     ``busy`` 503s come first (with ``retry_after`` as Retry-After when set). Classify
-    answers class ``len(file) % 10`` for each file, echoing filenames in order. Explain answers
+    answers class ``len(file) % 10`` for each file, echoing filenames in order, and gives
+    image ``i`` the verdict ``ood[i % len(ood)]`` when ``ood`` is not empty. Explain answers
     ``explanation_body()``, or ``method_not_supported`` for cam.
     """
 
@@ -148,6 +149,7 @@ class FakeServer:
     busy: int = 0
     retry_after: str | None = None
     ready: bool = True
+    ood: list[dict[str, Any] | None] = field(default_factory=list)
     requests: list[httpx.Request] = field(default_factory=list)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -187,14 +189,17 @@ class FakeServer:
             return error(413, "too_many_images", "too many images", **detail)
         top_k = int(request.url.params.get("top_k", "5"))
         results = []
-        for part in files:
+        for number, part in enumerate(files):
             first = len(part.content) % 10
             indices = [(first + i) % 10 for i in range(top_k)]
             predictions = [
                 {"index": i, "label": FASHION_LABELS[i], "probability": 0.5**rank}
                 for rank, i in enumerate(indices, start=1)
             ]
-            results.append({"filename": part.filename, "predictions": predictions})
+            result = {"filename": part.filename, "predictions": predictions}
+            if self.ood:
+                result["ood"] = self.ood[number % len(self.ood)]
+            results.append(result)
         version = request.url.params.get("version", "2")
         return httpx.Response(
             200, json={"model": "lenet5-fashion", "model_version": version, "results": results}

@@ -296,3 +296,56 @@ def test_models_table_says_which_models_each_method_explains(
     run = cnnserve("models", "--url", stub_server.url)
     assert run.code == 0, run.err
     assert run.out.strip().splitlines()[-1].strip() == "explain: occlusion (lenet5-fashion)"
+
+
+# Trust: out-of-distribution verdicts and raw probabilities ---------------------------
+
+FLAGGED = {"score": 3.25, "threshold": 1.0, "flagged": True, "method": "mahalanobis"}
+UNFLAGGED = {"score": 0.5, "threshold": 1.0, "flagged": False, "method": "energy"}
+
+
+def test_classify_table_marks_flagged_images_only(
+    cnnserve: CliRunner, stub_server: Any, images: list[Path]
+) -> None:
+    stub_server.fake.ood = [UNFLAGGED, FLAGGED]
+    run = cnnserve("classify", *images, "-m", "lenet5-fashion", "-k", "2", "--url", stub_server.url)
+    assert run.code == 0, run.err
+    marked = [line for line in run.out.splitlines() if "⚠" in line]
+    assert len(marked) == 1 and "bag.png" in marked[0]
+    # The note may wrap within its cell.
+    assert "out of" in marked[0] and "(mahalanobis)" in run.out
+    assert "calibrated" not in stub_server.fake.requests[0].url.params
+
+
+def test_classify_table_is_unchanged_when_nothing_is_flagged(
+    cnnserve: CliRunner, stub_server: Any, images: list[Path]
+) -> None:
+    args = ("classify", *images, "-m", "lenet5-fashion", "--url", stub_server.url)
+    plain = cnnserve(*args)
+    stub_server.fake.ood = [UNFLAGGED, UNFLAGGED | {"threshold": None}]
+    with_ood = cnnserve(*args)
+    assert plain.code == with_ood.code == 0
+    assert "⚠" not in with_ood.out and "note" not in with_ood.out
+    assert plain.out == with_ood.out
+
+
+def test_classify_json_carries_the_verdicts(
+    cnnserve: CliRunner, stub_server: Any, images: list[Path]
+) -> None:
+    stub_server.fake.ood = [FLAGGED, None]
+    run = cnnserve("classify", *images, "-m", "lenet5-fashion", "--json", "--url", stub_server.url)
+    assert run.code == 0, run.err
+    first, second = json.loads(run.out)["results"]
+    assert first["ood"] == FLAGGED
+    assert "ood" not in second
+
+
+def test_classify_raw_probabilities(
+    cnnserve: CliRunner, stub_server: Any, images: list[Path]
+) -> None:
+    run = cnnserve(
+        "classify", images[0], "-m", "lenet5-fashion", "--raw-probabilities",
+        "--url", stub_server.url,
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    assert stub_server.fake.requests[0].url.params["calibrated"] == "false"

@@ -107,6 +107,7 @@ def test_results_are_frozen_dataclasses() -> None:
     for name in (
         "Prediction",
         "Classification",
+        "OutOfDistribution",
         "FeatureMap",
         "Explanation",
         "HeatmapGrid",
