@@ -1,9 +1,11 @@
-"""The cnnserve client SDK: classify images and read feature maps from a cnnserve server.
+"""The cnnserve client SDK: classify images, read feature maps and explain predictions.
 
     >>> from cnn_client import Client
     >>> with Client("http://127.0.0.1:8000") as client:
     ...     result = client.classify("boot.png", model="lenet5-fashion")
     ...     print(result.top.label, result.top.probability)
+    ...     why = client.explain("boot.png", model="lenet5-fashion")
+    ...     print(why.target.label, why.heatmap.shape)
 
 Needs only httpx and numpy; Pillow is used only when you pass a PIL image. The ``cnnserve``
 command line lives in :mod:`cnn_client.cli`, which this package never imports.
@@ -13,11 +15,14 @@ from cnn_client._client import AsyncClient, Client
 from cnn_client._images import ImageInput
 from cnn_client._results import (
     Classification,
+    Explanation,
     FeatureMap,
     FeatureStats,
+    HeatmapGrid,
     InputSpec,
     LayerInfo,
     ModelInfo,
+    OutOfDistribution,
     Prediction,
     ReceptiveField,
 )
@@ -41,8 +46,10 @@ __all__ = [
     "CnnServeConnectionError",
     "CnnServeError",
     "CnnServeTimeoutError",
+    "Explanation",
     "FeatureMap",
     "FeatureStats",
+    "HeatmapGrid",
     "ImageInput",
     "InputSpec",
     "InvalidInputError",
@@ -50,6 +57,7 @@ __all__ = [
     "LayerInfo",
     "ModelInfo",
     "NotFoundError",
+    "OutOfDistribution",
     "Prediction",
     "ReceptiveField",
     "ServerError",

@@ -15,12 +15,14 @@ from cnn_client._core import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     ClientCore,
+    ExplainQuery,
     Operation,
     Sleep,
+    Target,
     transport_error,
 )
 from cnn_client._images import ImageInput
-from cnn_client._results import Classification, FeatureMap, ModelInfo
+from cnn_client._results import Classification, Explanation, FeatureMap, ModelInfo
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -107,14 +109,26 @@ class Client:
         return self._run(self._core.model(name, version=version))
 
     def classify(
-        self, image: ImageInput, *, model: str, top_k: int = 5, version: Version = None
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        top_k: int = 5,
+        version: Version = None,
+        calibrated: bool = True,
     ) -> Classification:
         """The ``top_k`` most probable classes of one image.
 
         ``image`` is a path, encoded bytes, a binary file object, a PIL image or a uint8
-        numpy array (HxW grey or HxWxC); arrays and PIL images are sent as PNG.
+        numpy array (HxW grey or HxWxC); arrays and PIL images are sent as PNG. The
+        probabilities are temperature-calibrated where the model has a temperature;
+        ``calibrated=False`` asks for the raw softmax. ``result.ood`` says whether the
+        image looks out of distribution, when the server tells.
         """
-        return self._run(self._core.classify(image, model=model, top_k=top_k, version=version))
+        operation = self._core.classify(
+            image, model=model, top_k=top_k, version=version, calibrated=calibrated
+        )
+        return self._run(operation)
 
     def classify_many(
         self,
@@ -123,13 +137,16 @@ class Client:
         model: str,
         top_k: int = 5,
         version: Version = None,
+        calibrated: bool = True,
     ) -> list[Classification]:
         """Classify many images, in order, in one request per server limit's worth.
 
         The client starts at 64 images per request; a ``too_many_images`` answer teaches it
         the server's limit and the rest is sent in smaller requests.
         """
-        operation = self._core.classify_many(images, model=model, top_k=top_k, version=version)
+        operation = self._core.classify_many(
+            images, model=model, top_k=top_k, version=version, calibrated=calibrated
+        )
         return self._run(operation)
 
     def feature_maps(
@@ -152,6 +169,47 @@ class Client:
         return self._run(
             self._core.feature_map_png(image, model=model, layer=layer, version=version)
         )
+
+    def explain(
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        method: str = "occlusion",
+        target: Target = None,
+        window: int | None = None,
+        stride: int | None = None,
+        version: Version = None,
+    ) -> Explanation:
+        """Why the model chose a class for one image: a heatmap over its input.
+
+        ``method`` is ``"occlusion"`` (every model) or ``"cam"`` (models whose head is
+        global average pooling and one linear layer; ``ModelInfo.explanations`` lists each
+        model's). ``target`` is a class index or label, by default the top class; a label
+        made only of digits is read as an index. ``window`` and ``stride`` (occlusion only,
+        in model-input pixels) default to the server's choice for the input size. A method
+        the model cannot have raises InvalidInputError with code ``method_not_supported``.
+        """
+        query = ExplainQuery(method, target, window, stride, version)
+        operation = self._core.explain(image, model=model, query=query)
+        return self._run(operation)
+
+    def explanation_png(
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        method: str = "occlusion",
+        target: Target = None,
+        window: int | None = None,
+        stride: int | None = None,
+        version: Version = None,
+    ) -> bytes:
+        """The explanation as PNG bytes rendered by the server: the heatmap in colour over
+        the model input. Arguments as for :meth:`explain`."""
+        query = ExplainQuery(method, target, window, stride, version)
+        operation = self._core.explanation_png(image, model=model, query=query)
+        return self._run(operation)
 
 
 class AsyncClient:
@@ -231,10 +289,18 @@ class AsyncClient:
         return await self._run(self._core.model(name, version=version))
 
     async def classify(
-        self, image: ImageInput, *, model: str, top_k: int = 5, version: Version = None
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        top_k: int = 5,
+        version: Version = None,
+        calibrated: bool = True,
     ) -> Classification:
         """See :meth:`Client.classify`."""
-        operation = self._core.classify(image, model=model, top_k=top_k, version=version)
+        operation = self._core.classify(
+            image, model=model, top_k=top_k, version=version, calibrated=calibrated
+        )
         return await self._run(operation)
 
     async def classify_many(
@@ -244,9 +310,12 @@ class AsyncClient:
         model: str,
         top_k: int = 5,
         version: Version = None,
+        calibrated: bool = True,
     ) -> list[Classification]:
         """See :meth:`Client.classify_many`."""
-        operation = self._core.classify_many(images, model=model, top_k=top_k, version=version)
+        operation = self._core.classify_many(
+            images, model=model, top_k=top_k, version=version, calibrated=calibrated
+        )
         return await self._run(operation)
 
     async def feature_maps(
@@ -266,4 +335,36 @@ class AsyncClient:
     ) -> bytes:
         """See :meth:`Client.feature_map_png`."""
         operation = self._core.feature_map_png(image, model=model, layer=layer, version=version)
+        return await self._run(operation)
+
+    async def explain(
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        method: str = "occlusion",
+        target: Target = None,
+        window: int | None = None,
+        stride: int | None = None,
+        version: Version = None,
+    ) -> Explanation:
+        """See :meth:`Client.explain`."""
+        query = ExplainQuery(method, target, window, stride, version)
+        operation = self._core.explain(image, model=model, query=query)
+        return await self._run(operation)
+
+    async def explanation_png(
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        method: str = "occlusion",
+        target: Target = None,
+        window: int | None = None,
+        stride: int | None = None,
+        version: Version = None,
+    ) -> bytes:
+        """See :meth:`Client.explanation_png`."""
+        query = ExplainQuery(method, target, window, stride, version)
+        operation = self._core.explanation_png(image, model=model, query=query)
         return await self._run(operation)

@@ -21,12 +21,13 @@ from cnn_client._parse import (
     error_from_response,
     json_body,
     parse_classifications,
+    parse_explanation,
     parse_feature_maps,
     parse_model_info,
     parse_models,
     retry_after_seconds,
 )
-from cnn_client._results import Classification, FeatureMap, ModelInfo
+from cnn_client._results import Classification, Explanation, FeatureMap, ModelInfo
 from cnn_client.errors import (
     CnnServeConnectionError,
     CnnServeError,
@@ -40,8 +41,10 @@ __all__ = [
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT",
     "ClientCore",
+    "ExplainQuery",
     "Operation",
     "Sleep",
+    "Target",
     "transport_error",
 ]
 
@@ -56,6 +59,21 @@ DEFAULT_IMAGES_PER_REQUEST: Final = 64
 # No server may make the client wait longer than this between two attempts.
 MAX_RETRY_DELAY: Final = 60.0
 _LIMIT_KEYS = ("limit", "max_images", "max_images_per_request", "max", "maximum")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+Target: TypeAlias = int | str | None
+"""A class index, a label, or None for the model's top class."""
+
+
+@dataclass(frozen=True)
+class ExplainQuery:
+    """What an explain call asks for besides the image and the model (None: the default)."""
+
+    method: str
+    target: Target
+    window: int | None
+    stride: int | None
+    version: str | int | None
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,27 @@ def transport_error(exc: httpx.HTTPError, request: httpx.Request) -> CnnServeErr
             f"could not reach the server: {where}: {reason}", code="connection_error"
         )
     return InvalidResponseError(f"unreadable response: {where}: {exc}", code="invalid_response")
+
+
+def _png_body(response: httpx.Response, what: str) -> bytes:
+    """The PNG a successful response carries; the mapped error otherwise."""
+    if not response.is_success:
+        raise error_from_response(response)
+    if not response.content.startswith(_PNG_SIGNATURE):
+        raise InvalidResponseError(
+            f"expected a PNG image from {what}",
+            status=response.status_code,
+            code="invalid_response",
+        )
+    return response.content
+
+
+def _target_param(target: Target) -> str | None:
+    if target is None:
+        return None
+    if isinstance(target, bool) or not isinstance(target, int | str):
+        raise TypeError(f"target must be a class index or label, not {type(target).__name__}")
+    return str(target)
 
 
 def _limit_from(error: TooLargeError) -> int | None:
@@ -217,11 +256,16 @@ class ClientCore:
         model: str,
         top_k: int,
         version: str | int | None,
+        calibrated: bool = True,
     ) -> Operation[list[Classification]]:
-        """Classify in as few requests as the server's per-request image limit allows."""
+        """Classify in as few requests as the server's per-request image limit allows.
+
+        ``calibrated=False`` asks for the raw softmax; the default sends nothing, so that a
+        server older than calibration sees the request it knows.
+        """
         uploads = [to_upload(image, index) for index, image in enumerate(images)]
         path = self._model_path(model, "/classify")
-        params = self._params(version, top_k=top_k)
+        params = self._params(version, top_k=top_k, calibrated=None if calibrated else "false")
         results: list[Classification] = []
         start = 0
         while start < len(uploads):
@@ -243,9 +287,17 @@ class ClientCore:
         return results
 
     def classify(
-        self, image: ImageInput, *, model: str, top_k: int, version: str | int | None
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        top_k: int,
+        version: str | int | None,
+        calibrated: bool = True,
     ) -> Operation[Classification]:
-        results = yield from self.classify_many([image], model=model, top_k=top_k, version=version)
+        results = yield from self.classify_many(
+            [image], model=model, top_k=top_k, version=version, calibrated=calibrated
+        )
         return results[0]
 
     def feature_maps(
@@ -280,12 +332,30 @@ class ClientCore:
             uploads=[to_upload(image)],
         )
         response = yield from self.exchange(request)
-        if not response.is_success:
-            raise error_from_response(response)
-        if not response.content.startswith(b"\x89PNG\r\n\x1a\n"):
-            raise InvalidResponseError(
-                "expected a PNG image from feature-maps?format=png",
-                status=response.status_code,
-                code="invalid_response",
-            )
-        return response.content
+        return _png_body(response, "feature-maps?format=png")
+
+    def _explain_request(
+        self, image: ImageInput, model: str, query: ExplainQuery, format: str
+    ) -> httpx.Request:
+        params = self._params(
+            query.version,
+            method=query.method,
+            target=_target_param(query.target),
+            window=query.window,
+            stride=query.stride,
+            format=format,
+        )
+        path = self._model_path(model, "/explain")
+        return self.request("POST", path, params=params, uploads=[to_upload(image)])
+
+    def explain(
+        self, image: ImageInput, *, model: str, query: ExplainQuery
+    ) -> Operation[Explanation]:
+        response = yield from self.exchange(self._explain_request(image, model, query, "json"))
+        return parse_explanation(response)
+
+    def explanation_png(
+        self, image: ImageInput, *, model: str, query: ExplainQuery
+    ) -> Operation[bytes]:
+        response = yield from self.exchange(self._explain_request(image, model, query, "png"))
+        return _png_body(response, "explain?format=png")

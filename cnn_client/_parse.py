@@ -11,14 +11,18 @@ from typing import Any, TypeVar
 
 import httpx
 import numpy as np
+import numpy.typing as npt
 
 from cnn_client._results import (
     Classification,
+    Explanation,
     FeatureMap,
     FeatureStats,
+    HeatmapGrid,
     InputSpec,
     LayerInfo,
     ModelInfo,
+    OutOfDistribution,
     Prediction,
     ReceptiveField,
 )
@@ -37,6 +41,7 @@ __all__ = [
     "error_from_response",
     "json_body",
     "parse_classifications",
+    "parse_explanation",
     "parse_feature_maps",
     "parse_model_info",
     "parse_models",
@@ -193,6 +198,7 @@ def parse_model_info(obj: Any, response: httpx.Response) -> ModelInfo:
             labels=tuple(str(label) for label in obj.get("labels") or ()),
             layers=tuple(_layer(layer) for layer in obj.get("layers") or ()),
             description=description if isinstance(description, str) else None,
+            explanations=tuple(str(m) for m in obj.get("explanations") or ()),
             raw=obj,
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -203,6 +209,32 @@ def parse_models(response: httpx.Response) -> list[ModelInfo]:
     """The body of ``GET /v1/models``."""
     models = _field(json_body(response), "models", list, response)
     return [parse_model_info(model, response) for model in models]
+
+
+def _number(value: Any, what: str) -> float:
+    """A finite JSON number (not a bool), as a float; ValueError naming ``what`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what} is not a finite number: {value!r}")
+    return float(value)
+
+
+def _ood(value: Any) -> OutOfDistribution | None:
+    """A result's ``ood`` object, checked field by field (absent or null: None)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"ood is not an object: {value!r}")
+    threshold, flagged, method = value.get("threshold"), value.get("flagged"), value.get("method")
+    if not isinstance(flagged, bool):
+        raise ValueError(f"ood.flagged is not a bool: {flagged!r}")
+    if not isinstance(method, str) or not method:
+        raise ValueError(f"ood.method is not a method name: {method!r}")
+    return OutOfDistribution(
+        score=_number(value.get("score"), "ood.score"),
+        threshold=None if threshold is None else _number(threshold, "ood.threshold"),
+        flagged=flagged,
+        method=method,
+    )
 
 
 def parse_classifications(response: httpx.Response, *, expected: int) -> list[Classification]:
@@ -227,11 +259,12 @@ def parse_classifications(response: httpx.Response, *, expected: int) -> list[Cl
                 model=model,
                 model_version=version,
                 filename=result.get("filename"),
+                ood=_ood(result.get("ood")),
             )
             for result in results
         ]
     except (KeyError, TypeError, ValueError) as exc:
-        raise _invalid(response, f"prediction fields: {exc}") from None
+        raise _invalid(response, f"result fields: {exc}") from None
 
 
 def _feature_map(layer: Any, response: httpx.Response) -> FeatureMap:
@@ -263,3 +296,50 @@ def parse_feature_maps(response: httpx.Response) -> list[FeatureMap]:
         return [_feature_map(layer, response) for layer in layers]
     except (KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
         raise _invalid(response, f"layer fields: {exc}") from None
+
+
+def _grid(value: Any) -> HeatmapGrid:
+    pairs = {key: _pair(value[key], float) for key in ("size", "jump", "start")}
+    if not all(math.isfinite(v) for pair in pairs.values() for v in pair):
+        raise ValueError(f"grid numbers must be finite: {value!r}")
+    if min(pairs["jump"]) <= 0:
+        raise ValueError(f"grid jump must be positive: {value['jump']!r}")
+    return HeatmapGrid(**pairs)
+
+
+def _heatmap(value: Any) -> npt.NDArray[np.float32]:
+    rows, cols = (int(v) for v in value["shape"])
+    values = value["values"]
+    if not isinstance(values, list) or len(values) != rows:
+        raise ValueError(f"heatmap values are not {rows} rows")
+    if not all(isinstance(row, list) and len(row) == cols for row in values):
+        raise ValueError(f"heatmap rows are not all {cols} values")
+    array = np.array([[_number(v, "a heatmap value") for v in row] for row in values], np.float32)
+    array = array.reshape(rows, cols)  # also for rows == 0, where np.array gives (0,)
+    array.setflags(write=False)
+    return array
+
+
+def parse_explanation(response: httpx.Response) -> Explanation:
+    """The JSON body of an explain call."""
+    body = json_body(response)
+    try:
+        heatmap, target = body["heatmap"], body["target"]
+        parameters = body.get("parameters") or {}
+        return Explanation(
+            model=_field(body, "model", str, response),
+            model_version=str(body.get("model_version", "")),
+            method=_field(body, "method", str, response),
+            parameters={str(k): int(v) for k, v in parameters.items()},
+            target=Prediction(
+                index=int(target["index"]),
+                label=str(target["label"]),
+                probability=_number(target["probability"], "target.probability"),
+            ),
+            heatmap=_heatmap(heatmap),
+            grid=_grid(heatmap["grid"]),
+            cached=_field(body, "cached", bool, response),
+            elapsed_ms=_number(body.get("elapsed_ms"), "elapsed_ms"),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _invalid(response, f"explanation fields: {exc}") from None

@@ -11,11 +11,14 @@ import numpy.typing as npt
 
 __all__ = [
     "Classification",
+    "Explanation",
     "FeatureMap",
     "FeatureStats",
+    "HeatmapGrid",
     "InputSpec",
     "LayerInfo",
     "ModelInfo",
+    "OutOfDistribution",
     "Prediction",
     "ReceptiveField",
 ]
@@ -59,9 +62,11 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A served model: versions, input, labels and inspectable layers.
+    """A served model: versions, input, labels, inspectable layers and explanation methods.
 
-    ``raw`` keeps the whole JSON object, fields this client does not know included.
+    ``explanations`` names the methods ``explain`` accepts for this model (empty from a
+    server older than explanations). ``raw`` keeps the whole JSON object, fields this client
+    does not know included.
     """
 
     name: str
@@ -72,6 +77,7 @@ class ModelInfo:
     labels: tuple[str, ...]
     layers: tuple[LayerInfo, ...]
     description: str | None = None
+    explanations: tuple[str, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -93,13 +99,34 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class OutOfDistribution:
+    """How unlike the model's training data one image looks, as the server judged it.
+
+    ``score`` is higher for less familiar images; ``flagged`` is the server's verdict
+    against ``threshold`` (``None`` where no threshold was fitted: then nothing is flagged).
+    ``method`` names the scoring method or methods, joined with "+" (``"energy"``,
+    ``"energy+mahalanobis"``).
+    """
+
+    score: float
+    threshold: float | None
+    flagged: bool
+    method: str
+
+
+@dataclass(frozen=True)
 class Classification:
-    """The top-k predictions for one image, most probable first."""
+    """The top-k predictions for one image, most probable first.
+
+    ``ood`` is the server's out-of-distribution verdict, ``None`` from a server or model
+    that gives none.
+    """
 
     predictions: tuple[Prediction, ...]
     model: str
     model_version: str
     filename: str | None
+    ood: OutOfDistribution | None = None
 
     @property
     def top(self) -> Prediction:
@@ -133,3 +160,76 @@ class FeatureMap:
     def shape(self) -> tuple[int, ...]:
         """The activations' shape, (C, H, W)."""
         return tuple(self.array.shape)
+
+
+@dataclass(frozen=True)
+class HeatmapGrid:
+    """Where the cells of a heatmap lie on the model input, per axis as (height, width).
+
+    Cell (i, j) is centred at ``start + (i, j) * jump`` in model-input pixels and covers
+    ``size`` pixels (a receptive field's terms; cells may overlap or reach past the edge).
+    """
+
+    size: tuple[float, float]
+    jump: tuple[float, float]
+    start: tuple[float, float]
+
+    def centre(self, row: int, col: int) -> tuple[float, float]:
+        """The model-input coordinates (y, x) of the centre of cell (row, col)."""
+        return (
+            self.start[0] + row * self.jump[0],
+            self.start[1] + col * self.jump[1],
+        )
+
+
+def _spread(pixels: int, cells: int, jump: float, start: float) -> npt.NDArray[np.float64]:
+    """A (pixels, cells) matrix of linear-interpolation weights along one axis: each pixel
+    mixes the two cells whose centres enclose it, or copies the nearest edge cell."""
+    centres = start + jump * np.arange(cells)
+    where = np.arange(pixels, dtype=np.float64)
+    # Interpolating each unit vector gives that cell's weight at every pixel; np.interp holds
+    # the end values beyond the first and last centres.
+    return np.stack([np.interp(where, centres, unit) for unit in np.eye(cells)], axis=1)
+
+
+@dataclass(frozen=True, eq=False)
+class Explanation:
+    """Why the model chose (or would choose) ``target`` for one image: a heatmap.
+
+    ``heatmap`` is a read-only float32 array (rows, cols) with values in [0, 1], higher
+    meaning more important for ``target``; ``grid`` places its cells on the model input.
+    ``target.probability`` is the target's probability for the image as sent.
+    ``parameters`` are the method's, defaults filled in by the server (occlusion:
+    ``window`` and ``stride`` in pixels; cam: none). ``elapsed_ms`` is what computing it
+    took, the original computation's when ``cached``.
+    """
+
+    model: str
+    model_version: str
+    method: str
+    parameters: Mapping[str, int]
+    target: Prediction
+    heatmap: npt.NDArray[np.float32]
+    grid: HeatmapGrid
+    cached: bool
+    elapsed_ms: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The heatmap's (rows, cols)."""
+        rows, cols = self.heatmap.shape
+        return (rows, cols)
+
+    def pixel_map(self, size: tuple[int, int]) -> npt.NDArray[np.float32]:
+        """The heatmap spread over every pixel of a model input of ``size`` (height, width).
+
+        Bilinear between cell centres and the nearest edge cell beyond them, as the server
+        draws its overlay; pass the model's input size (``ModelInfo.input.size``).
+        """
+        height, width = (int(v) for v in size)
+        if height < 1 or width < 1:
+            raise ValueError(f"size must be positive (height, width), got {size!r}")
+        rows, cols = self.shape
+        down = _spread(height, rows, self.grid.jump[0], self.grid.start[0])
+        across = _spread(width, cols, self.grid.jump[1], self.grid.start[1])
+        return (down @ self.heatmap.astype(np.float64) @ across.T).astype(np.float32)

@@ -1,4 +1,4 @@
-"""The ``cnnserve`` command line: classify, feature-maps, models and health, plus the
+"""The ``cnnserve`` command line: classify, feature-maps, explain, models and health, plus the
 commands other packages register (train, export... from model_export; serve from service).
 
 Exit codes: 0 success, 1 the server said no or could not be reached, 2 a usage error.
@@ -84,13 +84,22 @@ def classify(
     model: Model,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="classes per image")] = 5,
     version: Version = None,
+    raw_probabilities: Annotated[
+        bool,
+        typer.Option("--raw-probabilities", help="the raw softmax, not temperature-calibrated"),
+    ] = False,
     url: Url = DEFAULT_URL,
     api_key: ApiKey = None,
     as_json: AsJson = False,
 ) -> None:
-    """Classify images and print the most probable classes of each."""
+    """Classify images and print the most probable classes of each.
+
+    Images the server judges out of distribution are marked in the table ("ood" in --json).
+    """
     with _client(url, api_key) as client:
-        results = client.classify_many(images, model=model, top_k=top_k, version=version)
+        results = client.classify_many(
+            images, model=model, top_k=top_k, version=version, calibrated=not raw_probabilities
+        )
     if as_json:
         _print_json(_render.classifications_json(results))
     else:
@@ -119,15 +128,64 @@ def feature_maps(
         else:
             maps = client.feature_maps(image, model=model, layers=layer, version=version)
     if out is not None:
-        try:
-            out.write_bytes(png)
-        except OSError as exc:
-            _fail(f"cannot write {out}: {exc.strerror or exc}")
-        typer.echo(str(out))
+        _write(out, png)
     elif as_json:
         _print_json(_render.feature_maps_json(maps))
     else:
         Console().print(_render.feature_maps_table(maps))
+
+
+def _write(out: Path, content: bytes) -> None:
+    try:
+        out.write_bytes(content)
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc.strerror or exc}")
+    typer.echo(str(out))
+
+
+def explain(
+    image: ImageFile,
+    model: Model,
+    method: Annotated[
+        str, typer.Option("--method", help="occlusion (every model) or cam (see 'models')")
+    ] = "occlusion",
+    target: Annotated[
+        str | None,
+        typer.Option("--target", "-t", help="class index or label; default the top class"),
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option("--window", help="occlusion window, model-input pixels")
+    ] = None,
+    stride: Annotated[
+        int | None, typer.Option("--stride", help="occlusion stride, model-input pixels")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", dir_okay=False, help="write the heatmap overlay PNG"),
+    ] = None,
+    version: Version = None,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """Explain a prediction: save the heatmap over the image (--out), or summarise it."""
+    with _client(url, api_key) as client:
+        if out is not None:
+            png = client.explanation_png(
+                image, model=model, method=method, target=target, window=window,
+                stride=stride, version=version,
+            )  # fmt: skip
+        else:
+            explanation = client.explain(
+                image, model=model, method=method, target=target, window=window,
+                stride=stride, version=version,
+            )  # fmt: skip
+    if out is not None:
+        _write(out, png)
+    elif as_json:
+        _print_json(_render.explanation_json(explanation))
+    else:
+        Console().print(_render.explanation_table(explanation, image.name))
 
 
 def models(url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False) -> None:
@@ -173,6 +231,7 @@ def build_app() -> typer.Typer:
     app.callback()(_root)
     app.command("classify")(classify)
     app.command("feature-maps")(feature_maps)
+    app.command("explain")(explain)
     app.command("models")(models)
     app.command("health")(health)
     for module_name in PLUGIN_MODULES:

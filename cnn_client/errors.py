@@ -6,7 +6,7 @@ response came back), ``.code`` (the machine-readable ``error.code`` of the body,
 
     CnnServeError
     +-- NotFoundError              404: unknown model, version or route
-    +-- InvalidInputError          400, 415, 422: bad image, parameter or layer
+    +-- InvalidInputError          400, 415, 422: bad image, parameter, layer or method
     +-- TooLargeError              413: body, image count or image size over a limit
     +-- UnauthorizedError          401, 403: missing or wrong API key
     +-- ServerError                any other 5xx
@@ -14,6 +14,10 @@ response came back), ``.code`` (the machine-readable ``error.code`` of the body,
     +-- CnnServeConnectionError    no response: refused, reset, DNS, TLS...
     |   +-- CnnServeTimeoutError   no response in time
     +-- InvalidResponseError       a response the client cannot read (not the documented shape)
+
+``.code`` tells errors of one class apart: an InvalidInputError is ``invalid_image``,
+``invalid_parameter``, ``unknown_layer`` or ``method_not_supported`` (an explanation method
+the model cannot have; ``.detail["supported"]`` lists those it can), among others.
 
 Other 4xx statuses raise :class:`CnnServeError` itself. Mistakes made before anything is
 sent (an image of an unsupported type, a missing file) raise the usual ``TypeError``,
@@ -72,7 +76,7 @@ class NotFoundError(CnnServeError):
 
 
 class InvalidInputError(CnnServeError):
-    """400, 415 or 422: the server rejected the image or a parameter."""
+    """400, 415 or 422: the server rejected the image, a parameter or a method."""
 
 
 class TooLargeError(CnnServeError):

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 import pytest
+from testkit import launch_server
 
 from cnn_client import AsyncClient, Client
 from model_export.datasets import FASHION_LABELS, load_fashion_mnist
@@ -25,6 +26,16 @@ from model_export.datasets import FASHION_LABELS, load_fashion_mnist
 def fashion() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
     test = load_fashion_mnist().test
     return test.images[:200], test.labels[:200].astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `cnnserve serve` on 127.0.0.1, shared by the live tests of every module."""
+    server = launch_server(tmp_path_factory.mktemp("server"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @dataclass
@@ -85,6 +96,7 @@ LENET_INFO: dict[str, Any] = {
         {"name": "fc3", "op_type": "Gemm", "output_shape": [10]},
     ],
     "description": "LeNet-5",
+    "explanations": ["occlusion"],
     "training": {"test_accuracy": 0.9},
 }
 
@@ -92,16 +104,42 @@ LENET_INFO: dict[str, Any] = {
 FAKE_ACTIVATIONS = (np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 4 - 1).astype(np.float32)
 FAKE_PNG = b"\x89PNG\r\n\x1a\n" + b"fake grid"
 
+# The heatmap the fake explains any image with: 3 rows x 4 columns in [0, 1].
+FAKE_HEATMAP = [[0.0, 0.25, 0.5, 1.0], [0.125, 0.375, 0.75, 0.0625], [0.5, 0.5, 0.0, 0.875]]
+
+
+def explanation_body(**changes: Any) -> dict[str, Any]:
+    """An explain response per the contract (occlusion, window 6 at stride 2), with
+    top-level ``changes``."""
+    body: dict[str, Any] = {
+        "model": "lenet5-fashion",
+        "model_version": "2",
+        "method": "occlusion",
+        "parameters": {"window": 6, "stride": 2},
+        "target": {"index": 9, "label": "Ankle boot", "probability": 0.875},
+        "heatmap": {
+            "shape": [3, 4],
+            "values": FAKE_HEATMAP,
+            "grid": {"size": [6, 6], "jump": [2, 2], "start": [2.5, 2.5]},
+        },
+        "elapsed_ms": 12.5,
+        "cached": False,
+    }
+    return body | changes
+
 
 @dataclass
 class FakeServer:
     """A cnnserve that follows the contract, with knobs for the failure cases.
 
     ``busy`` 503s come first (with ``retry_after`` as Retry-After when set). Classify
-    answers class ``len(file) % 10`` for each file, echoing filenames in order.
+    answers class ``len(file) % 10`` for each file, echoing filenames in order, and gives
+    image ``i`` the verdict ``ood[i % len(ood)]`` when ``ood`` is not empty. Explain answers
+    ``explanation_body()``, or ``method_not_supported`` for cam.
     """
 
     INFO: ClassVar[dict[str, Any]] = LENET_INFO
+    HEATMAP: ClassVar[list[list[float]]] = FAKE_HEATMAP
     ACTIVATIONS: ClassVar[npt.NDArray[np.float32]] = FAKE_ACTIVATIONS
     PNG: ClassVar[bytes] = FAKE_PNG
     LABELS: ClassVar[list[str]] = FASHION_LABELS
@@ -111,6 +149,7 @@ class FakeServer:
     busy: int = 0
     retry_after: str | None = None
     ready: bool = True
+    ood: list[dict[str, Any] | None] = field(default_factory=list)
     requests: list[httpx.Request] = field(default_factory=list)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -139,6 +178,8 @@ class FakeServer:
             return self.classify(request)
         if path.endswith("/feature-maps"):
             return self.feature_maps(request)
+        if path.endswith("/explain"):
+            return self.explain(request)
         return httpx.Response(200, json=LENET_INFO)
 
     def classify(self, request: httpx.Request) -> httpx.Response:
@@ -148,14 +189,17 @@ class FakeServer:
             return error(413, "too_many_images", "too many images", **detail)
         top_k = int(request.url.params.get("top_k", "5"))
         results = []
-        for part in files:
+        for number, part in enumerate(files):
             first = len(part.content) % 10
             indices = [(first + i) % 10 for i in range(top_k)]
             predictions = [
                 {"index": i, "label": FASHION_LABELS[i], "probability": 0.5**rank}
                 for rank, i in enumerate(indices, start=1)
             ]
-            results.append({"filename": part.filename, "predictions": predictions})
+            result = {"filename": part.filename, "predictions": predictions}
+            if self.ood:
+                result["ood"] = self.ood[number % len(self.ood)]
+            results.append(result)
         version = request.url.params.get("version", "2")
         return httpx.Response(
             200, json={"model": "lenet5-fashion", "model_version": version, "results": results}
@@ -187,6 +231,20 @@ class FakeServer:
                 ],
             },
         )
+
+    def explain(self, request: httpx.Request) -> httpx.Response:
+        params = request.url.params
+        if params.get("method", "occlusion") == "cam":
+            return error(
+                400,
+                "method_not_supported",
+                "model lenet5-fashion cannot have cam explanations",
+                method="cam",
+                supported=["occlusion"],
+            )
+        if params.get("format") == "png":
+            return httpx.Response(200, content=FAKE_PNG, headers={"content-type": "image/png"})
+        return httpx.Response(200, json=explanation_body())
 
 
 class AsyncAsSync:

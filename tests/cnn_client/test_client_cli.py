@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import explanation_body
 from PIL import Image
 
 from cnn_client.cli import main
@@ -205,5 +206,146 @@ def test_verbose_logs_retries(cnnserve: CliRunner, stub_server: Any) -> None:
 def test_help_lists_the_client_commands(cnnserve: CliRunner) -> None:
     run = cnnserve("--help")
     assert run.code == 0
-    for command in ("classify", "feature-maps", "models", "health"):
+    for command in ("classify", "feature-maps", "explain", "models", "health"):
         assert command in run.out
+
+
+# Explanations ------------------------------------------------------------------------
+
+
+def test_explain_table(cnnserve: CliRunner, stub_server: Any, images: list[Path]) -> None:
+    run = cnnserve("explain", images[0], "--model", "lenet5-fashion", "--url", stub_server.url)
+    assert run.code == 0, run.err
+    facts = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in run.out.splitlines()
+        if line.count("│") == 3
+    }
+    assert facts == {
+        "image": "boot.png",
+        "target": "Ankle boot (index 9)",
+        "probability": "0.8750",
+        "method": "occlusion (window 6, stride 2)",
+        "heatmap": "3x4 cells of 6x6 px, every 2x2 px",
+        "cached": "no (computed in 12 ms)",
+    }
+    assert dict(stub_server.fake.requests[0].url.params) == {
+        "method": "occlusion",
+        "format": "json",
+    }
+
+
+def test_explain_passes_every_option(
+    cnnserve: CliRunner, stub_server: Any, images: list[Path]
+) -> None:
+    run = cnnserve(
+        "explain", images[0], "-m", "lenet5-fashion", "--method", "occlusion",
+        "--target", "Ankle boot", "--window", "7", "--stride", "3", "--version", "2",
+        "--json", "--url", stub_server.url,
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    assert dict(stub_server.fake.requests[0].url.params) == {
+        "method": "occlusion",
+        "target": "Ankle boot",
+        "window": "7",
+        "stride": "3",
+        "version": "2",
+        "format": "json",
+    }
+
+
+def test_explain_json_is_the_servers_shape(
+    cnnserve: CliRunner, stub_server: Any, images: list[Path]
+) -> None:
+    run = cnnserve("explain", images[0], "-m", "lenet5-fashion", "--json", "--url", stub_server.url)
+    assert run.code == 0, run.err
+    assert json.loads(run.out) == explanation_body()
+
+
+def test_explain_writes_the_overlay_png(
+    cnnserve: CliRunner, stub_server: Any, images: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "overlay.png"
+    run = cnnserve(
+        "explain", images[0], "-m", "lenet5-fashion", "--out", out, "--url", stub_server.url
+    )
+    assert run.code == 0, run.err
+    assert out.read_bytes() == stub_server.fake.PNG
+    assert run.out.strip() == str(out)
+    assert stub_server.fake.requests[0].url.params["format"] == "png"
+
+
+@pytest.mark.parametrize("out", [False, True], ids=["json", "png"])
+def test_explain_method_not_supported_exits_1_with_one_line(
+    cnnserve: CliRunner, stub_server: Any, images: list[Path], tmp_path: Path, out: bool
+) -> None:
+    where = ["--out", str(tmp_path / "overlay.png")] if out else []
+    run = cnnserve(
+        "explain", images[0], "-m", "lenet5-fashion", "--method", "cam", *where,
+        "--url", stub_server.url,
+    )  # fmt: skip
+    assert run.code == 1
+    _assert_one_error_line(run, "cannot have cam", "400", "method_not_supported")
+    assert run.out == ""
+    assert not (tmp_path / "overlay.png").exists()
+
+
+def test_models_table_says_which_models_each_method_explains(
+    cnnserve: CliRunner, stub_server: Any
+) -> None:
+    run = cnnserve("models", "--url", stub_server.url)
+    assert run.code == 0, run.err
+    assert run.out.strip().splitlines()[-1].strip() == "explain: occlusion (lenet5-fashion)"
+
+
+# Trust: out-of-distribution verdicts and raw probabilities ---------------------------
+
+FLAGGED = {"score": 3.25, "threshold": 1.0, "flagged": True, "method": "mahalanobis"}
+UNFLAGGED = {"score": 0.5, "threshold": 1.0, "flagged": False, "method": "energy"}
+
+
+def test_classify_table_marks_flagged_images_only(
+    cnnserve: CliRunner, stub_server: Any, images: list[Path]
+) -> None:
+    stub_server.fake.ood = [UNFLAGGED, FLAGGED]
+    run = cnnserve("classify", *images, "-m", "lenet5-fashion", "-k", "2", "--url", stub_server.url)
+    assert run.code == 0, run.err
+    marked = [line for line in run.out.splitlines() if "⚠" in line]
+    assert len(marked) == 1 and "bag.png" in marked[0]
+    # The note may wrap within its cell.
+    assert "out of" in marked[0] and "(mahalanobis)" in run.out
+    assert "calibrated" not in stub_server.fake.requests[0].url.params
+
+
+def test_classify_table_is_unchanged_when_nothing_is_flagged(
+    cnnserve: CliRunner, stub_server: Any, images: list[Path]
+) -> None:
+    args = ("classify", *images, "-m", "lenet5-fashion", "--url", stub_server.url)
+    plain = cnnserve(*args)
+    stub_server.fake.ood = [UNFLAGGED, UNFLAGGED | {"threshold": None}]
+    with_ood = cnnserve(*args)
+    assert plain.code == with_ood.code == 0
+    assert "⚠" not in with_ood.out and "note" not in with_ood.out
+    assert plain.out == with_ood.out
+
+
+def test_classify_json_carries_the_verdicts(
+    cnnserve: CliRunner, stub_server: Any, images: list[Path]
+) -> None:
+    stub_server.fake.ood = [FLAGGED, None]
+    run = cnnserve("classify", *images, "-m", "lenet5-fashion", "--json", "--url", stub_server.url)
+    assert run.code == 0, run.err
+    first, second = json.loads(run.out)["results"]
+    assert first["ood"] == FLAGGED
+    assert "ood" not in second
+
+
+def test_classify_raw_probabilities(
+    cnnserve: CliRunner, stub_server: Any, images: list[Path]
+) -> None:
+    run = cnnserve(
+        "classify", images[0], "-m", "lenet5-fashion", "--raw-probabilities",
+        "--url", stub_server.url,
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    assert stub_server.fake.requests[0].url.params["calibrated"] == "false"

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from PIL import Image
-from testkit import launch_server
 
 from cnn_client import AsyncClient, Client, NotFoundError
 
@@ -28,15 +26,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 CNNSERVE = Path(sys.executable).parent / "cnnserve"
 Fashion = tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]
-
-
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = launch_server(tmp_path_factory.mktemp("server"))
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,16 @@ def test_results_are_frozen_dataclasses() -> None:
     prediction = cnn_client.Prediction(index=9, label="Ankle boot", probability=0.9)
     with pytest.raises(dataclasses.FrozenInstanceError):
         prediction.label = "Bag"  # type: ignore[misc]
-    for name in ("Prediction", "Classification", "FeatureMap", "ModelInfo", "ReceptiveField"):
+    for name in (
+        "Prediction",
+        "Classification",
+        "OutOfDistribution",
+        "FeatureMap",
+        "Explanation",
+        "HeatmapGrid",
+        "ModelInfo",
+        "ReceptiveField",
+    ):
         cls = getattr(cnn_client, name)
         assert dataclasses.is_dataclass(cls)
         assert getattr(cls, "__dataclass_params__").frozen  # noqa: B009
@@ -189,4 +198,4 @@ def test_client_and_cli_work_without_the_server_and_training_dependencies() -> N
     )
     report = json.loads(out)
     assert report["label"] == "Dress"
-    assert {"classify", "feature-maps", "models", "health"} <= set(report["commands"])
+    assert {"classify", "feature-maps", "explain", "models", "health"} <= set(report["commands"])
