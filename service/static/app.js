@@ -1,6 +1,7 @@
 // The page: pick a model, give it an image (file, drop, paste or a sample), and see the
 // predictions, the model card, and the feature maps with their receptive fields.
 
+import { clearAlert, showAlert } from "./alert.js";
 import * as api from "./api.js";
 import { renderCard } from "./card.js";
 import { askForKey } from "./keydialog.js";
@@ -47,31 +48,11 @@ function placeholder(container, text) {
 }
 
 function showError(err) {
-  const { lead, said, code, status } = api.describeError(err);
-  const title = document.createElement("strong");
-  title.textContent = lead;
-  const parts = [title];
-  if (said) {
-    const message = document.createElement("span");
-    message.className = "alert-message";
-    message.textContent = said;
-    parts.push(message);
-  }
-  if (code) {
-    const tag = document.createElement("code");
-    tag.className = "alert-code";
-    tag.textContent = status ? `${status} ${code}` : code;
-    parts.push(tag);
-  }
-  ui.error.replaceChildren(...parts);
-  ui.error.dataset.code = code || "";
-  ui.error.hidden = false;
+  showAlert(ui.error, err);
 }
 
 function clearError() {
-  ui.error.hidden = true;
-  ui.error.replaceChildren();
-  delete ui.error.dataset.code;
+  clearAlert(ui.error);
 }
 
 // ---- models ---------------------------------------------------------------------------
