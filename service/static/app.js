@@ -1,5 +1,6 @@
 // The page: pick a model, give it an image (file, drop, paste or a sample), and see the
-// predictions, the model card, and the feature maps with their receptive fields.
+// predictions (and why the model chose each class), the model card, and the feature maps
+// with their receptive fields.
 
 import { clearAlert, showAlert } from "./alert.js";
 import * as api from "./api.js";
@@ -7,7 +8,8 @@ import { renderCard } from "./card.js";
 import { askForKey } from "./keydialog.js";
 import { MapsView } from "./mapsview.js";
 import { decodeImage, drawModelInput } from "./modelinput.js";
-import { renderPredictions } from "./predictions.js";
+import { markExplained, renderPredictions } from "./predictions.js";
+import { WhyView } from "./why.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -34,6 +36,7 @@ const state = {
 };
 
 const maps = new MapsView({});
+const why = new WhyView({ onPick: (index) => markExplained(ui.predictions, index) });
 
 api.onKeyNeeded(async (reason) => {
   ui.keyButton.hidden = false;
@@ -104,6 +107,7 @@ function selectModel(name) {
     $("layer-select").focus({ preventScroll: true });
   });
   maps.setModel(model);
+  why.setModel(model);
   renderSamples();
   drawInput();
   if (state.file) classifyThenMaps();
@@ -125,6 +129,7 @@ function drawInput() {
 async function setImage(file) {
   if (!file) return;
   clearError();
+  why.forgetImage(); // the previous image's explanation is not this one's
   state.file = file;
   $("file-name").textContent = `${file.name || "pasted image"} · ${formatBytes(file.size)}`;
   $("file-name").hidden = false;
@@ -152,12 +157,15 @@ async function classify() {
   try {
     const topK = Math.min(Number(ui.topkSelect.value), model.labels.length || 5);
     const { body, ms } = await api.classify(model.name, file, topK, { signal: controller.signal });
+    if (file !== state.file) return false; // another image came while this one was classified
     const result = body.results[0];
     const meta = document.createElement("p");
     meta.className = "prediction-meta";
     meta.textContent = `${result.filename || "image"} · ${body.model} v${body.model_version}`;
-    renderPredictions(ui.predictions, result);
+    const onPick = why.enabled ? (index) => why.pick(index) : undefined;
+    renderPredictions(ui.predictions, result, { onPick });
     ui.predictions.prepend(meta);
+    why.show({ file, bitmap: state.bitmap, result, version: body.model_version });
     ui.timing.textContent = `${Math.round(ms)} ms round trip`;
     ui.timing.dataset.ms = String(ms);
     ui.timing.title = "Time from sending the request to reading the whole answer, measured here";
@@ -167,6 +175,7 @@ async function classify() {
     if (err.name === "AbortError") return false;
     showError(err);
     placeholder(ui.predictions, "No predictions for this file.");
+    why.clear();
     ui.timing.hidden = true;
     if (err.code === "invalid_image" || err.code === "image_too_large" || err.code === "body_too_large") {
       state.bitmap = null;
