@@ -8,7 +8,7 @@ import { renderCard } from "./card.js";
 import { askForKey } from "./keydialog.js";
 import { MapsView } from "./mapsview.js";
 import { decodeImage, drawModelInput } from "./modelinput.js";
-import { markExplained, renderPredictions } from "./predictions.js";
+import { markExplained, renderOodWarning, renderPredictions } from "./predictions.js";
 import { WhyView } from "./why.js";
 
 const $ = (id) => document.getElementById(id);
@@ -21,6 +21,7 @@ const ui = {
   samples: $("samples"),
   error: $("error"),
   predictions: $("predictions"),
+  oodWarning: $("ood-warning"),
   timing: $("timing"),
   inputCanvas: $("input-canvas"),
   card: $("card"),
@@ -165,6 +166,7 @@ async function classify() {
     const onPick = why.enabled ? (index) => why.pick(index) : undefined;
     renderPredictions(ui.predictions, result, { onPick });
     ui.predictions.prepend(meta);
+    renderOodWarning(ui.oodWarning, result);
     why.show({ file, bitmap: state.bitmap, result, version: body.model_version });
     ui.timing.textContent = `${Math.round(ms)} ms round trip`;
     ui.timing.dataset.ms = String(ms);
@@ -175,6 +177,7 @@ async function classify() {
     if (err.name === "AbortError") return false;
     showError(err);
     placeholder(ui.predictions, "No predictions for this file.");
+    renderOodWarning(ui.oodWarning, null);
     why.clear();
     ui.timing.hidden = true;
     if (err.code === "invalid_image" || err.code === "image_too_large" || err.code === "body_too_large") {

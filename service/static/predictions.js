@@ -1,5 +1,5 @@
 // Top-k predictions as labelled bars (buttons that explain their class, where the model can
-// be explained).
+// be explained), and the warning on an image the model's out-of-distribution check flagged.
 
 /**
  * Fill ``container`` with the bars of ``result``. With ``onPick``, each bar is a button that
@@ -47,4 +47,56 @@ export function markExplained(container, index) {
     const item = button.closest(".prediction");
     button.setAttribute("aria-pressed", String(item.dataset.index === String(index)));
   }
+}
+
+const OOD_METHODS = {
+  energy: "its energy score",
+  mahalanobis: "the Mahalanobis distance of its features",
+  msp: "its maximum softmax probability",
+};
+
+function oodMethodText(method) {
+  const names = String(method || "")
+    .split("+")
+    .map((m) => m.trim())
+    .filter(Boolean)
+    .map((m) => OOD_METHODS[m.toLowerCase()] || m);
+  if (names.length === 0) return "";
+  return names.length === 1 ? names[0] : `${names.slice(0, -1).join(", ")} and ${names.at(-1)}`;
+}
+
+function number(value) {
+  return typeof value === "number" && Number.isFinite(value) ? String(Number(value.toPrecision(4))) : null;
+}
+
+/**
+ * Show the warning in ``element`` when the result's ``ood`` check flagged the image; hide it
+ * when it did not, or when the server sent no check (older servers, models without statistics).
+ */
+export function renderOodWarning(element, result) {
+  const ood = result?.ood;
+  if (!ood || ood.flagged !== true) {
+    element.hidden = true;
+    element.replaceChildren();
+    delete element.dataset.method;
+    return;
+  }
+  const title = document.createElement("strong");
+  title.textContent = "This image does not look like what the model was trained on.";
+  const how = oodMethodText(ood.method);
+  const text = document.createElement("span");
+  text.className = "warning-message";
+  text.textContent = `${how ? `Flagged by ${how}: t` : "T"}reat these predictions with caution.`;
+  const parts = [title, text];
+  const score = number(ood.score);
+  if (score !== null) {
+    const threshold = number(ood.threshold);
+    const figures = document.createElement("code");
+    figures.className = "warning-figures";
+    figures.textContent = `score ${score}${threshold !== null ? ` · threshold ${threshold}` : ""}`;
+    parts.push(figures);
+  }
+  element.replaceChildren(...parts);
+  element.dataset.method = String(ood.method || "");
+  element.hidden = false;
 }
