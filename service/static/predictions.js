@@ -55,8 +55,11 @@ const OOD_METHODS = {
   msp: "its maximum softmax probability",
 };
 
-function oodMethodText(method) {
-  const names = String(method || "")
+/** The checks that flagged the image, in words: ``fired`` where the server lists it (the
+ * methods past their own thresholds), else ``method`` (every method the detector runs). */
+function oodMethodText(ood) {
+  const fired = Array.isArray(ood.fired) && ood.fired.length > 0 ? ood.fired.join("+") : null;
+  const names = String(fired || ood.method || "")
     .split("+")
     .map((m) => m.trim())
     .filter(Boolean)
@@ -83,7 +86,7 @@ export function renderOodWarning(element, result) {
   }
   const title = document.createElement("strong");
   title.textContent = "This image does not look like what the model was trained on.";
-  const how = oodMethodText(ood.method);
+  const how = oodMethodText(ood);
   const text = document.createElement("span");
   text.className = "warning-message";
   text.textContent = `${how ? `Flagged by ${how}: t` : "T"}reat these predictions with caution.`;

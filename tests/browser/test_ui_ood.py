@@ -19,6 +19,14 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.browser
 
 FLAGGED = {"score": 13.2461, "threshold": 9.5, "flagged": True, "method": "energy+mahalanobis"}
+# service/ood.py also says which of the detector's methods fired for this image.
+FLAGGED_BY_ONE = {
+    "score": 1.37,
+    "threshold": 1.0,
+    "flagged": True,
+    "method": "energy+mahalanobis",
+    "fired": ["mahalanobis"],
+}
 NOT_FLAGGED = {"score": 4.1, "threshold": 9.5, "flagged": False, "method": "energy"}
 ABSENT = None
 
@@ -57,6 +65,17 @@ def test_a_flagged_prediction_is_clearly_warned_about(ui: UiPage, server: Server
     box = ui.box("#ood-warning")
     assert box["y"] + box["height"] <= ui.box(".prediction-list")["y"]
     ui.element_shot(".panel-predictions", "ood-warning")
+
+
+def test_the_warning_names_the_methods_that_fired(ui: UiPage, server: Server) -> None:
+    ui.page.route("**/classify?*", _with_ood(lambda name: FLAGGED_BY_ONE))
+    ui.open(server, "lenet5-fashion")
+    ui.page.click("button.sample[data-file='fashion-dress.png']")
+    ui.wait_for_predictions("fashion-dress.png", "lenet5-fashion")
+    text = ui.page.locator("#ood-warning").inner_text()
+    assert "Flagged by the Mahalanobis distance of its features: treat" in text
+    assert "energy" not in text
+    assert "score 1.37 · threshold 1" in text
 
 
 @pytest.mark.parametrize("ood", [NOT_FLAGGED, ABSENT], ids=["not-flagged", "absent"])
