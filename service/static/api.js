@@ -115,6 +115,19 @@ export function featureMaps(model, file, layer, { signal } = {}) {
   return call(path, { method: "POST", body: imageForm(file), signal });
 }
 
+/**
+ * Why the model chose class ``target`` (an index) for ``file``: the JSON explanation (its
+ * heatmap a grid over the model input), or with ``format: "png"`` the server's overlay as a
+ * Blob. ``version`` keeps it to the version that classified the image.
+ */
+export function explain(model, file, { method, target, version, format = "json" }, { signal } = {}) {
+  const query = new URLSearchParams({ method, target: String(target), format });
+  if (version) query.set("version", version);
+  const path = `/v1/models/${encodeURIComponent(model)}/explain?${query}`;
+  const as = format === "json" ? "json" : "blob";
+  return call(path, { method: "POST", body: imageForm(file), signal, as });
+}
+
 /** A sentence for a person, from an ApiError (the server's own message is kept). */
 export function describeError(err) {
   const friendly = {
@@ -122,6 +135,8 @@ export function describeError(err) {
     image_too_large: "This image is too large for the server.",
     body_too_large: "This file is too large to upload.",
     too_many_images: "Too many images in one request.",
+    invalid_parameter: "The server did not accept a setting of this request.",
+    method_not_supported: "This model cannot be explained with that method.",
     unsupported_media_type: "The server does not accept this kind of upload.",
     model_not_found: "This model is not on the server (any more).",
     model_unavailable: "This model is not ready to serve yet.",

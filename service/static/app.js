@@ -1,12 +1,15 @@
 // The page: pick a model, give it an image (file, drop, paste or a sample), and see the
-// predictions, the model card, and the feature maps with their receptive fields.
+// predictions (and why the model chose each class), the model card, and the feature maps
+// with their receptive fields.
 
+import { clearAlert, showAlert } from "./alert.js";
 import * as api from "./api.js";
 import { renderCard } from "./card.js";
 import { askForKey } from "./keydialog.js";
 import { MapsView } from "./mapsview.js";
 import { decodeImage, drawModelInput } from "./modelinput.js";
-import { renderPredictions } from "./predictions.js";
+import { markExplained, renderOodWarning, renderPredictions } from "./predictions.js";
+import { WhyView } from "./why.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -18,6 +21,7 @@ const ui = {
   samples: $("samples"),
   error: $("error"),
   predictions: $("predictions"),
+  oodWarning: $("ood-warning"),
   timing: $("timing"),
   inputCanvas: $("input-canvas"),
   card: $("card"),
@@ -33,6 +37,7 @@ const state = {
 };
 
 const maps = new MapsView({});
+const why = new WhyView({ onPick: (index) => markExplained(ui.predictions, index) });
 
 api.onKeyNeeded(async (reason) => {
   ui.keyButton.hidden = false;
@@ -47,31 +52,11 @@ function placeholder(container, text) {
 }
 
 function showError(err) {
-  const { lead, said, code, status } = api.describeError(err);
-  const title = document.createElement("strong");
-  title.textContent = lead;
-  const parts = [title];
-  if (said) {
-    const message = document.createElement("span");
-    message.className = "alert-message";
-    message.textContent = said;
-    parts.push(message);
-  }
-  if (code) {
-    const tag = document.createElement("code");
-    tag.className = "alert-code";
-    tag.textContent = status ? `${status} ${code}` : code;
-    parts.push(tag);
-  }
-  ui.error.replaceChildren(...parts);
-  ui.error.dataset.code = code || "";
-  ui.error.hidden = false;
+  showAlert(ui.error, err);
 }
 
 function clearError() {
-  ui.error.hidden = true;
-  ui.error.replaceChildren();
-  delete ui.error.dataset.code;
+  clearAlert(ui.error);
 }
 
 // ---- models ---------------------------------------------------------------------------
@@ -123,6 +108,7 @@ function selectModel(name) {
     $("layer-select").focus({ preventScroll: true });
   });
   maps.setModel(model);
+  why.setModel(model);
   renderSamples();
   drawInput();
   if (state.file) classifyThenMaps();
@@ -144,6 +130,7 @@ function drawInput() {
 async function setImage(file) {
   if (!file) return;
   clearError();
+  why.forgetImage(); // the previous image's explanation is not this one's
   state.file = file;
   $("file-name").textContent = `${file.name || "pasted image"} · ${formatBytes(file.size)}`;
   $("file-name").hidden = false;
@@ -171,12 +158,16 @@ async function classify() {
   try {
     const topK = Math.min(Number(ui.topkSelect.value), model.labels.length || 5);
     const { body, ms } = await api.classify(model.name, file, topK, { signal: controller.signal });
+    if (file !== state.file) return false; // another image came while this one was classified
     const result = body.results[0];
     const meta = document.createElement("p");
     meta.className = "prediction-meta";
     meta.textContent = `${result.filename || "image"} · ${body.model} v${body.model_version}`;
-    renderPredictions(ui.predictions, result);
+    const onPick = why.enabled ? (index) => why.pick(index) : undefined;
+    renderPredictions(ui.predictions, result, { onPick });
     ui.predictions.prepend(meta);
+    renderOodWarning(ui.oodWarning, result);
+    why.show({ file, bitmap: state.bitmap, result, version: body.model_version });
     ui.timing.textContent = `${Math.round(ms)} ms round trip`;
     ui.timing.dataset.ms = String(ms);
     ui.timing.title = "Time from sending the request to reading the whole answer, measured here";
@@ -186,6 +177,8 @@ async function classify() {
     if (err.name === "AbortError") return false;
     showError(err);
     placeholder(ui.predictions, "No predictions for this file.");
+    renderOodWarning(ui.oodWarning, null);
+    why.clear();
     ui.timing.hidden = true;
     if (err.code === "invalid_image" || err.code === "image_too_large" || err.code === "body_too_large") {
       state.bitmap = null;

@@ -11,6 +11,14 @@ export async function decodeImage(file) {
   }
 }
 
+/** Python's round(): halves to the even neighbour (80.5 -> 80), as preprocessing.py centres. */
+function roundHalfEven(x) {
+  const floor = Math.floor(x);
+  const rest = x - floor;
+  if (rest !== 0.5) return Math.round(x);
+  return floor % 2 === 0 ? floor : floor + 1;
+}
+
 /** Where the bitmap lands on the model-input canvas: [dx, dy, dw, dh]. */
 function placement(bitmap, spec) {
   const [height, width] = spec.size;
@@ -24,8 +32,8 @@ function placement(bitmap, spec) {
     // Integer truncation as Pillow's resize size in preprocessing.py.
     [nw, nh] = w <= h ? [shorter, Math.trunc((shorter * h) / w)] : [Math.trunc((shorter * w) / h), shorter];
   }
-  let top = Math.round((nh - height) / 2);
-  let left = Math.round((nw - width) / 2);
+  let top = roundHalfEven((nh - height) / 2);
+  let left = roundHalfEven((nw - width) / 2);
   if (top < 0 || left < 0) {
     // Smaller than the crop (no shipped model does this): centred on black.
     const pw = Math.max(nw, width);

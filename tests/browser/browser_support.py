@@ -47,6 +47,17 @@ class Server:
         response.raise_for_status()
         return dict(response.json()["layers"][0])
 
+    def explain(self, model: str, image: bytes, **params: str) -> httpx.Response:
+        """The API's explanation of ``image`` (``method``, ``target``, ``format``, ...)."""
+        response = httpx.post(
+            f"{self.url}/v1/models/{model}/explain",
+            params=params,
+            files={"file": ("image", image)},
+            timeout=120,
+        )
+        response.raise_for_status()
+        return response
+
 
 @dataclass
 class Console:
@@ -74,6 +85,18 @@ class Console:
 
     def on_page_error(self, error: Exception) -> None:
         self.errors.append(f"uncaught exception: {error}")
+
+
+@dataclass
+class Explained:
+    """What the "Why" panel shows once an explanation has arrived."""
+
+    target: int
+    method: str
+    label: str
+    probability: str
+    cached: bool
+    status: str
 
 
 @dataclass
@@ -126,6 +149,31 @@ class UiPage:
             bars.append((label, float(value.rstrip("%"))))
         return bars
 
+    def wait_for_explanation(
+        self, *, target: int | None = None, method: str | None = None, timeout: float = 30_000
+    ) -> Explained:
+        """The "Why" panel once it shows an explanation (of ``target`` by ``method``)."""
+        selector = "#why-panel[data-state='explained']"
+        if target is not None:
+            selector += f"[data-target='{target}']"
+        if method is not None:
+            selector += f"[data-method='{method}']"
+        self.page.locator(selector).wait_for(timeout=timeout)
+        panel = self.page.locator("#why-panel")
+        return Explained(
+            target=int(panel.get_attribute("data-target") or -1),
+            method=panel.get_attribute("data-method") or "",
+            label=self.page.inner_text("#why-label"),
+            probability=self.page.inner_text("#why-probability"),
+            cached=panel.get_attribute("data-cached") == "true",
+            status=self.page.inner_text("#why-status"),
+        )
+
+    def element_shot(self, selector: str, state: str) -> Path:
+        path = ARTIFACTS / f"{self.name}--{state}.png"
+        self.page.locator(selector).screenshot(path=str(path))
+        return path
+
     def wait_for_layer(self, layer: str) -> None:
         self.page.locator(f"#grid-canvas[data-layer='{layer}']").wait_for()
         self.page.locator("#grid-wrap:not([aria-busy])").wait_for()
@@ -146,6 +194,12 @@ class UiPage:
             [x, y],
         )
         return int(rgba[0]), int(rgba[1]), int(rgba[2])
+
+    def canvas_image(self, selector: str) -> Image.Image:
+        """What a canvas holds, as an RGB image of its own size."""
+        url = self.page.eval_on_selector(selector, "c => c.toDataURL('image/png')")
+        data = base64.b64decode(url.split(",", 1)[1])
+        return Image.open(io.BytesIO(data)).convert("RGB")
 
     def distinct_colours(self, selector: str) -> int:
         return int(
