@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 import pytest
+from client_fakes import FAKE_HEATMAP, explanation_body
 from testkit import launch_server
 
 from cnn_client import AsyncClient, Client
@@ -104,30 +105,8 @@ LENET_INFO: dict[str, Any] = {
 FAKE_ACTIVATIONS = (np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 4 - 1).astype(np.float32)
 FAKE_PNG = b"\x89PNG\r\n\x1a\n" + b"fake grid"
 
+
 # The heatmap the fake explains any image with: 3 rows x 4 columns in [0, 1].
-FAKE_HEATMAP = [[0.0, 0.25, 0.5, 1.0], [0.125, 0.375, 0.75, 0.0625], [0.5, 0.5, 0.0, 0.875]]
-
-
-def explanation_body(**changes: Any) -> dict[str, Any]:
-    """An explain response per the contract (occlusion, window 6 at stride 2), with
-    top-level ``changes``."""
-    body: dict[str, Any] = {
-        "model": "lenet5-fashion",
-        "model_version": "2",
-        "method": "occlusion",
-        "parameters": {"window": 6, "stride": 2},
-        "target": {"index": 9, "label": "Ankle boot", "probability": 0.875},
-        "heatmap": {
-            "shape": [3, 4],
-            "values": FAKE_HEATMAP,
-            "grid": {"size": [6, 6], "jump": [2, 2], "start": [2.5, 2.5]},
-        },
-        "elapsed_ms": 12.5,
-        "cached": False,
-    }
-    return body | changes
-
-
 @dataclass
 class FakeServer:
     """A cnnserve that follows the contract, with knobs for the failure cases.

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import explanation_body
+from client_fakes import explanation_body
 from PIL import Image
 
 from cnn_client.cli import main

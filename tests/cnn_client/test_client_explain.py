@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import explanation_body
+from client_fakes import explanation_body
 
 from cnn_client import (
     Explanation,
