@@ -294,3 +294,16 @@ def test_a_layer_kept_in_fp32_really_runs_in_fp32(tmp_path: Path) -> None:
     ort.InferenceSession(str(result.path), session_options, providers=["CPUExecutionProvider"])
     ops = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert ops.count("Conv") == 2 and ops.count("QLinearConv") == 13  # 15 Convs in all
+
+
+def test_models_report_has_a_row_per_version_with_its_precision(resnet_int8: Path) -> None:
+    from model_export.report import measure, to_markdown
+
+    rows = measure(resnet_int8.parent, runs=3, runs_batch32=1)
+    assert [(r["version"], r["precision"]) for r in rows] == [("1", "fp32"), ("2", "int8")]
+    fp32, int8 = rows
+    assert int8["onnx_bytes"] < fp32["onnx_bytes"] / 2  # int8 weights
+    assert abs(fp32["test_accuracy"] - int8["test_accuracy"]) <= 0.005
+    assert int8["cpu_ms_per_image"] > 0 and int8["cpu_ms_per_image_batch32"] > 0
+    table = to_markdown(rows)
+    assert "| precision |" in table and "| `resnet-fashion` | 2 | INT8 | fashion-mnist |" in table
