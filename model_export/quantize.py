@@ -214,13 +214,33 @@ def _best(candidates: list[Candidate]) -> Candidate | None:
     return max(tied, key=lambda c: (c.accuracy or 0.0, c.confident_agreement, c.speed))
 
 
-def _recover(ctx: _Context, base: Candidate, losses: list[LayerLoss]) -> list[Candidate]:
-    """Keep the layers that add most error in FP32, 1, 2, ... of them, until in bounds."""
+def _recovers(candidate: Candidate, plain: list[Candidate]) -> bool:
+    """Within the bounds, and no worse than every variant without FP32 layers on every
+    measured figure: layers kept in FP32 cost speed, so they must buy accuracy, not luck
+    with a small evaluation set."""
+    if candidate.failures:
+        return False
+    if candidate.agreement < max(c.agreement for c in plain):
+        return False
+    accuracies = [c.accuracy for c in plain if c.accuracy is not None]
+    return candidate.accuracy is None or candidate.accuracy >= max(accuracies, default=0.0)
+
+
+def _recover(
+    ctx: _Context, base: Candidate, losses: list[LayerLoss], plain: list[Candidate]
+) -> list[Candidate]:
+    """Keep the layers that add most error in FP32, 1, 2, ... of them, until that recovers."""
     tried = []
     asked = tuple(k for k in base.keep_fp32 if k not in base.companions)
     ranked = [loss.node for loss in losses if loss.node not in base.keep_fp32]
     for count in range(1, min(ctx.options.recover_layers, len(ranked)) + 1):
         candidate = _make(ctx, base.variant, (*asked, *ranked[:count]))
+        if not candidate.failures and not _recovers(candidate, plain):
+            candidate.failures.append(
+                f"within the bounds, but with {len(candidate.keep_fp32)} FP32 layers it agrees "
+                f"with FP32 on {candidate.agreement:.2%} of all images, less than a variant "
+                "without them: not a recovery"
+            )
         tried.append(candidate)
         if not candidate.failures:
             break
@@ -233,8 +253,14 @@ def _refuse(ctx: _Context, candidates: list[Candidate]) -> QuantizationRefusedEr
         best = max(candidates, key=lambda c: c.speed)
         reason = f"none is faster than FP32 on this CPU (fastest: {best.label}, {best.speed:.2f}x)"
     else:
-        best = max(faster, key=lambda c: (-(c.drop_points or 0.0), c.confident_agreement))
+        plain = [c for c in faster if not c.keep_fp32] or faster
+        best = max(plain, key=lambda c: (-(c.drop_points or 0.0), c.confident_agreement))
         reason = f"closest ({best.label}, {best.speed:.2f}x): {'; '.join(best.failures)}"
+        if any(c.keep_fp32 for c in candidates):
+            reason += (
+                "; keeping the layers adding most error in FP32 (up to "
+                f"{ctx.options.recover_layers}) did not recover it"
+            )
     return QuantizationRefusedError(
         f"{ctx.name}: no INT8 model within the bounds, nothing written: {reason}. "
         f"Tried: {', '.join(c.label for c in candidates)}.",
@@ -286,11 +312,12 @@ def _search(ctx: _Context) -> tuple[Candidate, list[Candidate], list[LayerLoss],
         return chosen, candidates, losses_of(chosen), fp32_ms
     # Keeping layers in FP32 can mend accuracy, not speed: recover the fastest of those that
     # beat FP32 but miss a bound.
+    plain = list(candidates)
     fixable = [c for c in candidates if c.failures and c.speed > 1.0]
     by_speed = sorted(fixable, key=lambda c: c.speed, reverse=True)
     for base in by_speed[: ctx.options.recover_variants]:
         losses = losses_of(base)
-        tried = _recover(ctx, base, losses)
+        tried = _recover(ctx, base, losses, plain)
         fp32_ms = _time(ctx, tried)
         candidates += tried
         chosen = _best(tried)

@@ -1,8 +1,8 @@
 """Measuring a quantized model against its FP32 source: top-1 predictions and latency.
 
 Latency is in-process ONNX Runtime on one thread, per image, at a given batch size. Models
-are timed in turn, round after round (FP32, INT8, FP32, INT8, ...), so that whatever else
-the machine is doing hits every model alike; the median of the rounds is reported.
+are timed in turn, round after round (FP32, INT8, FP32, INT8, ...), a few runs per turn, so
+that whatever else the machine is doing hits every model alike; the median is reported.
 """
 
 from __future__ import annotations
@@ -72,11 +72,15 @@ def interleaved_latency(
     batches: Sequence[int] = (1, 32),
     rounds: int = 15,
     warmup: int = 3,
+    per_turn: int = 3,
 ) -> dict[str, dict[int, float]]:
     """Median milliseconds per image of each model at each batch size, on one thread.
 
     ``sample`` holds real inputs (N, C, H, W); a batch takes the first ones, repeated when
-    there are too few. Every round runs each model once per batch size, in turn.
+    there are too few. Every round gives each model a turn of ``per_turn`` runs per batch
+    size, one model after the other; the first run of a turn, whose caches the previous
+    model has just evicted, is not counted unless ``per_turn`` is 1 (a server runs one model
+    call after call, warm).
     """
     sessions = {label: session(model, threads=1) for label, model in models.items()}
     names = {label: s.get_inputs()[0].name for label, s in sessions.items()}
@@ -88,10 +92,12 @@ def interleaved_latency(
                 s.run(None, {names[label]: x})
         for _ in range(rounds):
             for label, s in sessions.items():
-                started = time.perf_counter()
-                s.run(None, {names[label]: x})
-                elapsed = time.perf_counter() - started
-                samples[label].setdefault(size, []).append(elapsed * 1000 / size)
+                for run in range(per_turn):
+                    started = time.perf_counter()
+                    s.run(None, {names[label]: x})
+                    elapsed = time.perf_counter() - started
+                    if run > 0 or per_turn == 1:
+                        samples[label].setdefault(size, []).append(elapsed * 1000 / size)
     return {
         label: {size: statistics.median(times) for size, times in by_size.items()}
         for label, by_size in samples.items()

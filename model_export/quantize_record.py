@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,7 @@ class Candidate:
     """One INT8 model made and measured."""
 
     variant: Variant
-    path: Any  # Path of the model file in the working folder
+    path: Path  # the model file, in the working folder
     keep_fp32: tuple[str, ...]  # every node left in FP32, companions included
     companions: dict[str, str]  # node kept only so that another stays float -> that node
     still_int8: list[str]  # kept nodes that ONNX Runtime quantizes all the same

@@ -296,6 +296,7 @@ def test_a_layer_kept_in_fp32_really_runs_in_fp32(tmp_path: Path) -> None:
     assert ops.count("Conv") == 2 and ops.count("QLinearConv") == 13  # 15 Convs in all
 
 
+@pytest.mark.slow  # the report scores both versions on the full 10k test set, on one thread
 def test_models_report_has_a_row_per_version_with_its_precision(resnet_int8: Path) -> None:
     from model_export.report import measure, to_markdown
 
@@ -307,3 +308,12 @@ def test_models_report_has_a_row_per_version_with_its_precision(resnet_int8: Pat
     assert int8["cpu_ms_per_image"] > 0 and int8["cpu_ms_per_image_batch32"] > 0
     table = to_markdown(rows)
     assert "| precision |" in table and "| `resnet-fashion` | 2 | INT8 | fashion-mnist |" in table
+
+
+def test_a_model_int8_does_not_speed_up_is_refused(tmp_path: Path) -> None:
+    """LeNet-5 is too small to gain: the quantize/dequantize steps cost more than they save
+    (about 0.5x here), so there is no INT8 version to write."""
+    repo = _copy("lenet5-fashion", tmp_path)
+    with pytest.raises(QuantizationRefusedError, match="none is faster than FP32 on this CPU"):
+        quantize_model("lenet5-fashion", model_dir=repo, options=replace(QUICK, latency_rounds=5))
+    assert sorted(p.name for p in (repo / "lenet5-fashion").iterdir() if p.is_dir()) == ["1"]
