@@ -157,7 +157,8 @@ def layer_losses(
     workdir: Path,
     chunk: int = 4,
 ) -> list[LayerLoss]:
-    """Every quantized layer of ``qdq_model`` with its losses on ``inputs``, worst first.
+    """Every layer of ``qdq_model`` whose inputs and output are quantized (not the final
+    classifier, whose output stays float), with its losses on ``inputs``, worst first.
 
     ``float_model`` must be the graph ``qdq_model`` was quantized from (same tensor names).
     """

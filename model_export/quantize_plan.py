@@ -30,7 +30,7 @@ from model_export.quantize_data import (
     photo_images,
     shipped_photos,
 )
-from model_export.quantize_errors import QuantizationError
+from model_export.quantize_errors import CalibrationDataError, QuantizationError
 from model_export.quantize_variants import CALIBRATION_METHODS, VARIANTS
 from service.model_card import InputSpec
 
@@ -112,34 +112,47 @@ def _digest(path: Path) -> str:
 
 
 def _photo_evaluation(spec: InputSpec, options: QuantizeOptions) -> ImageSet:
-    """Every shipped photograph, then the folder's images: each as served, then (photos
-    only) more views with another seed than calibration's. Records, per image, whether
-    calibration saw the same file."""
-    photos = photo_images(spec, views=options.eval_views, seed=1)
-    inputs, names = [photos.inputs], list(photos.names)
+    """Every shipped photograph (as served, then more views with another seed than
+    calibration's), then the folder's images as served. Records, per image, whether
+    calibration saw the same file. Without scikit-image and co, the folder alone."""
     folder = options.images
-    if folder is None:
-        seen = [True] * len(photos)  # calibration used these very photos
-    else:
+    shipped = shipped_photos()
+    inputs: list[np.ndarray] = []
+    names: list[str] = []
+    seen: list[bool] = []
+    if shipped:
+        photos = photo_images(spec, views=options.eval_views, seed=1)
+        calibrated = {_digest(p) for p in folder.iterdir() if p.is_file()} if folder else None
+        digests = {name: _digest(path) for name, path in shipped.items()}
+        inputs.append(photos.inputs)
+        names += photos.names
+        # Without a folder, calibration used these very photos.
+        seen += [calibrated is None or digests[n.split("#")[0]] in calibrated for n in photos.names]
+    if folder is not None:
         own = folder_images(folder, spec, views=1)
         inputs.append(own.inputs)
         names += [f"{folder.name}/{n}" for n in own.names]
-        calibrated = {_digest(p) for p in folder.iterdir() if p.is_file()}
-        shipped = {name: _digest(path) for name, path in shipped_photos().items()}
-        seen = [shipped[n.split("#")[0]] in calibrated for n in photos.names]
         seen += [True] * len(own)
-    source = "every shipped photograph" + (f" and the images in {folder}" if folder else "")
+    if not inputs:
+        raise CalibrationDataError(
+            "no shipped photograph to evaluate on: install scikit-image and scikit-learn "
+            "(the dev extra), or give --images DIR"
+        )
+    sources = ["every shipped photograph"] if shipped else []
+    if folder is not None:
+        sources.append(f"the images in {folder}")
     return ImageSet(
         np.concatenate(inputs),
         tuple(names),
         None,
         {
-            "source": source,
+            "source": " and ".join(sources),
             "images": len(names),
             "views_per_photo": options.eval_views,
             "how_chosen": (
-                "each photo as the server preprocesses it, its mirror image and random crops "
-                "(30-100 % of the area, seed 1), each through the model's own preprocessing"
+                "each image as the server preprocesses it; each shipped photo also mirrored "
+                "and cropped at random (30-100 % of the area, seed 1), through the model's own "
+                "preprocessing"
             ),
             "in_calibration": seen,
         },

@@ -208,8 +208,10 @@ def version_facts_for(
             "choice": (
                 "the fastest variant within the bounds (geometric mean of the speed-ups at "
                 f"batch {' and '.join(map(str, options.batches))}; within {SPEED_TIE:.0%} of it, "
-                "the most accurate); one ONNX Runtime thread, FP32 and every variant timed in "
-                f"turn, median of {options.latency_rounds} rounds"
+                "the most accurate: test accuracy, then top-1 agreement with FP32 on every "
+                "image, then where FP32 is confident); one ONNX Runtime thread, FP32 and every "
+                f"variant timed in turn, median of {options.latency_rounds} rounds of 3 runs "
+                "(the first of each not counted)"
             ),
             "variants": [c.to_json() for c in candidates],
             "layers_adding_most_error": [loss.to_json() for loss in losses[:5]],
