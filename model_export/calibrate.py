@@ -16,9 +16,7 @@ The facts go to ``model.json`` under ``"versions": {"<version>": {"calibration":
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from model_export.features import (
 from model_export.ood_fit import RIDGE, ClassGaussians, thresholds_at_rate
 from model_export.ood_select import Config, Scored, Selector, Trial
 from model_export.ood_sets import ood_sets
+from model_export.repository import record_version_facts
 from service.calibration import (
     ECE_BINS,
     expected_calibration_error,
@@ -56,7 +55,6 @@ __all__ = [
     "calibration_facts",
     "fit_temperature",
     "model_version",
-    "record_facts",
     "summary",
 ]
 
@@ -115,18 +113,6 @@ def calibration_facts(
     facts["ece_bins"] = ECE_BINS
     facts["images"] = {name: len(labels) for name, (_, labels) in sets.items()}
     return facts
-
-
-def record_facts(model_root: Path, version: str, facts: Mapping[str, Any]) -> None:
-    """Merge ``facts`` into ``model.json["versions"][version]``, keeping every other key
-    (other commands keep their own facts there); written atomically."""
-    path = model_root / "model.json"
-    card = json.loads(path.read_text())
-    entry = card.setdefault("versions", {}).setdefault(version, {})
-    entry.update(facts)
-    temporary = path.with_name(".model.json.tmp")
-    temporary.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def model_version(model_root: Path, version: str | None) -> str:
@@ -348,7 +334,7 @@ def calibrate_dataset(
         "ood": _ood_facts(detector, achieved, flag_rate, description)
         | {"fitted_on": fitted_on, "command": command},
     }
-    record_facts(root, version, facts)
+    record_version_facts(root, version, facts)
     return facts
 
 

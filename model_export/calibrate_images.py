@@ -27,10 +27,10 @@ from model_export.calibrate import (
     calibration_facts,
     fit_temperature,
     model_version,
-    record_facts,
 )
 from model_export.features import FeatureExtractor
 from model_export.ood_fit import thresholds_at_rate
+from model_export.repository import record_version_facts
 from service.model_card import ModelCard, load_card
 from service.ood import OodDetector, OodMethod, energy
 from service.ood_file import save_detector
@@ -145,7 +145,7 @@ def calibrate_images(
         "fitted_on": fitted_on + " (no training data: no Mahalanobis statistics)",
         "command": command,
     }
-    record_facts(root, version, facts)
+    record_version_facts(root, version, facts)
     return facts
 
 
@@ -171,5 +171,5 @@ def record_no_statistics(
         raise CalibrationError(
             f"{fitted} holds fitted statistics; remove it first to go back to no threshold"
         )
-    record_facts(root, version, facts)
+    record_version_facts(root, version, facts)
     return facts

@@ -1,4 +1,5 @@
-"""The `cnnserve train`, `export`, `calibrate`, `import-pretrained` and `import-onnx` commands.
+"""The `cnnserve train`, `export`, `calibrate`, `import-pretrained`, `import-onnx` and
+`quantize` commands.
 
 Only typer is imported here: torch and onnx are imported inside the commands, so the
 client-only install can still build the CLI and show a clear message when torch is missing.
@@ -7,6 +8,7 @@ client-only install can still build the CLI and show a clear message when torch 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -245,6 +247,83 @@ def import_onnx(
     typer.echo(json.dumps(result))
 
 
+def quantize(
+    name: Annotated[str, typer.Argument(help="a model in the repository")],
+    version: Annotated[str | None, typer.Option(help="FP32 version; default the highest")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="calibrate on its validation split, test on its test split")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="a folder of images to calibrate on instead")
+    ] = None,
+    max_drop: Annotated[
+        float, typer.Option(help="most accuracy points INT8 may lose (labelled data)")
+    ] = 0.5,
+    min_agreement: Annotated[
+        float, typer.Option(help="least top-1 agreement with FP32 where FP32 is confident")
+    ] = 0.9,
+    variant: Annotated[
+        list[str] | None, typer.Option(help="measure only these (repeat); default all eight")
+    ] = None,
+    keep_fp32: Annotated[
+        list[str] | None, typer.Option(help="a node to keep in FP32 (repeat)")
+    ] = None,
+    calibration_method: Annotated[str, typer.Option(help="minmax, entropy or percentile")] = (
+        "minmax"
+    ),
+    calibration_size: Annotated[int, typer.Option(min=1, help="images from the dataset")] = 1000,
+    eval_size: Annotated[
+        int | None, typer.Option(min=1, help="first test images; default all")
+    ] = None,
+    views: Annotated[int, typer.Option(min=1, help="calibration views per photo")] = 8,
+    eval_views: Annotated[int, typer.Option(min=1, help="evaluation views per photo")] = 8,
+    latency_rounds: Annotated[int, typer.Option(min=1)] = 15,
+    model_dir: ModelDir = None,
+) -> None:
+    """Quantize NAME to INT8 as its next version, measured against FP32 before it is written.
+
+    Exits 1, writing nothing, when accuracy drops more than --max-drop points or INT8
+    agrees with FP32 less than --min-agreement. Needs onnx and onnxruntime, not torch.
+    """
+    try:
+        from model_export.errors import ExportPipelineError
+        from model_export.quantize import QuantizeOptions, quantize_model
+    except ImportError as exc:
+        raise _fail(
+            f"quantize needs onnxruntime, onnx and pillow ({exc.name} is missing): "
+            "pip install 'cnnserve[serve,cpu]'"
+        ) from None
+    from model_export.quantize_variants import VARIANTS
+    from model_export.repository import default_model_dir
+
+    progress = logging.getLogger("model_export.quantize")  # one line per step, on stderr
+    if not progress.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+    options = QuantizeOptions(
+        version=version,
+        dataset=dataset,
+        images=images,
+        max_drop=max_drop,
+        min_agreement=min_agreement,
+        variants=tuple(variant or VARIANTS),
+        keep_fp32=tuple(keep_fp32 or ()),
+        calibration_method=calibration_method,
+        calibration_size=calibration_size,
+        eval_size=eval_size,
+        views=views,
+        eval_views=eval_views,
+        latency_rounds=latency_rounds,
+    )
+    try:
+        result = quantize_model(name, model_dir=model_dir or default_model_dir(), options=options)
+    except ExportPipelineError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(result.to_json()))
+
+
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the `cnnserve` console script."""
     app.command("train")(train)
@@ -252,3 +331,4 @@ def register(app: typer.Typer) -> None:
     app.command("calibrate")(calibrate)
     app.command("import-pretrained")(import_pretrained)
     app.command("import-onnx")(import_onnx)
+    app.command("quantize")(quantize)

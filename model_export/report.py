@@ -1,8 +1,11 @@
 """`make models-report`: accuracy, size and CPU latency of the committed models, measured.
 
-Accuracy is recomputed by ONNX Runtime from the ONNX files on the full 10k Fashion-MNIST
-test set; latency is the median of single-image runs on one CPU thread. The Markdown table
-is printed, and written between the ``models-report`` markers of the README when asked.
+One row per version: FP32 versions and the INT8 versions `cnnserve quantize` wrote beside
+them (their precision comes from model.json's ``"versions"``). Accuracy is recomputed by ONNX
+Runtime from the ONNX files on the full 10k Fashion-MNIST test set; latency is per image on
+one CPU thread, the median of runs at batch 1 and at batch 32, the versions of a model timed
+in turn. The Markdown table is printed, and written between the ``models-report`` markers of
+the README when asked.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ import argparse
 import json
 import platform
 import re
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from model_export.datasets import load_dataset
+from model_export.quantize_measure import interleaved_latency
+from model_export.repository import precision
 
 __all__ = ["fashion_accuracy", "main", "measure"]
 
@@ -45,68 +50,72 @@ def fashion_accuracy(model_path: Path, mean: float, std: float, *, batch: int = 
     return correct / len(data)
 
 
-def _latency_ms(session: ort.InferenceSession, shape: list[int], runs: int) -> float:
-    name = session.get_inputs()[0].name
-    x = np.random.default_rng(0).standard_normal([1, *shape]).astype(np.float32)
-    for _ in range(10):
-        session.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        session.run(None, {name: x})
-        times.append(time.perf_counter() - started)
-    return float(np.median(times) * 1000)
+def _latencies(
+    paths: dict[str, Path], shape: list[int], *, runs: int, runs_batch32: int
+) -> dict[str, dict[int, float]]:
+    """Milliseconds per image of each version at batch 1 and 32, the versions in turn."""
+    sample = np.random.default_rng(0).standard_normal([32, *shape]).astype(np.float32)
+    models: dict[str, Path | bytes] = dict(paths)
+    one = interleaved_latency(models, sample, batches=(1,), rounds=runs, warmup=10)
+    many = interleaved_latency(models, sample, batches=(32,), rounds=runs_batch32)
+    return {version: one[version] | many[version] for version in paths}
 
 
-def measure(model_dir: Path, *, runs: int = 200) -> list[dict[str, object]]:
+def measure(model_dir: Path, *, runs: int = 200, runs_batch32: int = 25) -> list[dict[str, object]]:
     rows = []
     for card_path in sorted(model_dir.glob("*/model.json")):
         card = json.loads(card_path.read_text())
-        versions = sorted(
-            (p for p in card_path.parent.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
-        )
-        onnx_path = versions[-1] / "model.onnx"
+        versions = sorted((p.name for p in card_path.parent.iterdir() if p.name.isdigit()), key=int)
+        paths = {v: card_path.parent / v / "model.onnx" for v in versions}
         spec = card["input"]
         channels = 1 if spec["color_mode"] == "L" else 3
-        accuracy = None
-        if card.get("dataset") == "fashion-mnist":
-            accuracy = fashion_accuracy(onnx_path, spec["mean"][0], spec["std"][0])
-        rows.append(
-            {
-                "name": card["name"],
-                "version": versions[-1].name,
-                "architecture": card.get("architecture"),
-                "dataset": card.get("dataset"),
-                "test_accuracy": accuracy,
-                "parameters": card.get("parameters"),
-                "onnx_bytes": onnx_path.stat().st_size,
-                "cpu_ms_per_image": _latency_ms(
-                    _session(onnx_path), [channels, *spec["size"]], runs
-                ),
-            }
-        )
+        latency = _latencies(paths, [channels, *spec["size"]], runs=runs, runs_batch32=runs_batch32)
+        for version, onnx_path in paths.items():
+            accuracy = None
+            if card.get("dataset") == "fashion-mnist":
+                accuracy = fashion_accuracy(onnx_path, spec["mean"][0], spec["std"][0])
+            rows.append(
+                {
+                    "name": card["name"],
+                    "version": version,
+                    "precision": precision(card, version),
+                    "architecture": card.get("architecture"),
+                    "dataset": card.get("dataset"),
+                    "test_accuracy": accuracy,
+                    "parameters": card.get("parameters"),
+                    "onnx_bytes": onnx_path.stat().st_size,
+                    "cpu_ms_per_image": latency[version][1],
+                    "cpu_ms_per_image_batch32": latency[version][32],
+                }
+            )
     return rows
 
 
-def to_markdown(rows: list[dict[str, object]]) -> str:
+def _size(onnx_bytes: int) -> str:
+    kib = onnx_bytes / 1024
+    return f"{kib:.0f} KiB" if kib < 1024 else f"{kib / 1024:.1f} MiB"
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | dataset | test accuracy (10k, ONNX Runtime) | parameters | ONNX size "
-        "| CPU latency / image |",
-        "|---|---|---|---|---|---|",
+        "| model | version | precision | dataset | test accuracy (10k, ONNX Runtime) "
+        "| parameters | ONNX size | CPU latency / image, batch 1 | batch 32 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         accuracy = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "—"
-        size_kib = int(r["onnx_bytes"]) / 1024  # type: ignore[call-overload]
-        size = f"{size_kib:.0f} KiB" if size_kib < 1024 else f"{size_kib / 1024:.1f} MiB"
         lines.append(
-            f"| `{r['name']}` | {r['dataset']} | {accuracy} | {r['parameters']:,} "
-            f"| {size} | {r['cpu_ms_per_image']:.2f} ms |"
+            f"| `{r['name']}` | {r['version']} | {str(r['precision']).upper()} | {r['dataset']} "
+            f"| {accuracy} | {r['parameters']:,} | {_size(r['onnx_bytes'])} "
+            f"| {r['cpu_ms_per_image']:.2f} ms | {r['cpu_ms_per_image_batch32']:.2f} ms |"
         )
     lines.append("")
     lines.append(
         f"Measured by `make models-report` on {platform.processor() or platform.machine()}"
-        f" ({platform.system()}), ONNX Runtime {ort.__version__}, one CPU thread, "
-        "batch 1, median of 200 runs."
+        f" ({platform.system()}), ONNX Runtime {ort.__version__}, one CPU thread, median of "
+        "200 runs at batch 1 and 25 at batch 32, the versions of a model timed in turn. INT8 "
+        "versions come from `cnnserve quantize` (static QDQ quantization; how, and what it was "
+        "measured to cost, in the model's model.json under `versions`)."
     )
     return "\n".join(lines)
 

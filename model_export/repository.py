@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from service.model_card import ModelCard, triton_config
 
-__all__ = ["default_model_dir", "next_version", "to_pbtxt", "write_model_files"]
+__all__ = [
+    "default_model_dir",
+    "next_version",
+    "precision",
+    "record_version_facts",
+    "to_pbtxt",
+    "write_model_files",
+]
 
 
 def default_model_dir() -> Path:
@@ -79,3 +87,22 @@ def write_model_files(model_root: Path, card: ModelCard | dict[str, Any]) -> Mod
     (model_root / "labels.txt").write_text("\n".join(card.labels) + "\n")
     (model_root / "config.pbtxt").write_text(to_pbtxt(triton_config(card)))
     return ModelCard.model_validate(document)
+
+
+def record_version_facts(model_root: Path, version: str, facts: Mapping[str, Any]) -> None:
+    """Merge ``facts`` into what model.json says of ``version`` (``versions[version]``),
+    keeping every other key and version (calibration and quantization each keep their own
+    facts there); written atomically."""
+    path = model_root / "model.json"
+    card = json.loads(path.read_text())
+    versions = card.setdefault("versions", {})
+    versions.setdefault(str(version), {}).update(facts)
+    card["versions"] = dict(sorted(versions.items(), key=lambda item: int(item[0])))
+    temporary = path.with_name(".model.json.tmp")
+    temporary.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def precision(card: Mapping[str, Any], version: str) -> str:
+    """ "fp32", "fp16" or "int8": what a parsed model.json says of one version's graph."""
+    return ModelCard.model_validate(card).version_facts(str(version)).precision

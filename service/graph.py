@@ -10,6 +10,14 @@ where ``start`` is the input-pixel coordinate of the centre of the first output 
 field (pixel i has its centre at i). Elementwise nodes keep the field; a node with several
 spatial inputs (a residual sum, a concatenation) takes the union of theirs. Global pooling
 sees the whole input. Any other op ends the walk for what depends on it.
+
+Quantized graphs in the QDQ format (``cnnserve quantize``) wrap each quantized op in
+QuantizeLinear/DequantizeLinear pairs. Those nodes are not layers: the walk passes through
+them (they keep the field) and they are not listed, so a quantized Conv keeps the name and
+receptive field it had in FP32, and its feature map is its float output. Weights reach such a
+Conv through a DequantizeLinear, whose shape stands for the weight's. An activation function
+the quantizer folded into the layer before it (ReLU, ReLU6 as Clip) has no node left, so it
+is not listed.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ __all__ = ["Layer", "ReceptiveField", "describe_layers"]
 
 _WINDOW_OPS = {"Conv", "MaxPool", "AveragePool", "LpPool"}
 _GLOBAL_OPS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+# Quantize/dequantize steps of QDQ graphs: they keep the field and are never layers.
+_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 _KEEP_OPS = {
     "Relu",
     "Clip",
@@ -183,6 +193,9 @@ def describe_layers(model: onnx.ModelProto, *, layout: str = "NCHW") -> list[Lay
     weights = {
         t.name: tuple(numpy_helper.to_array(t).shape) for t in graph.initializer if len(t.dims) == 4
     }
+    for node in graph.node:  # a quantized weight: initializer -> DequantizeLinear -> Conv
+        if node.op_type == "DequantizeLinear" and node.input[0] in weights:
+            weights[node.output[0]] = weights[node.input[0]]
     shapes: dict[str, tuple[int | None, ...]] = {}
     for info in [*graph.input, *graph.value_info, *graph.output]:
         dims = _dims(info)
@@ -214,12 +227,13 @@ def describe_layers(model: onnx.ModelProto, *, layout: str = "NCHW") -> list[Lay
                 rf = _window(node, known[0], in_hw, weights)
             elif node.op_type in _GLOBAL_OPS:
                 rf = _global(known[0], in_hw)
-            elif node.op_type in _KEEP_OPS:
+            elif node.op_type in _KEEP_OPS or node.op_type in _QDQ_OPS:
                 rf = known[0] if len(known) == 1 else _union(known)
         output = node.output[0]
         shape = shapes.get(output)
         if shape is None or len(shape) != 4:
             continue  # flattened or unknown: no longer a feature map, stop following it
         fields[output] = rf
-        layers.append(Layer(node.name or output, node.op_type, output, shape[1:], rf))
+        if node.op_type not in _QDQ_OPS:
+            layers.append(Layer(node.name or output, node.op_type, output, shape[1:], rf))
     return layers

@@ -21,6 +21,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
+    "FP32",
+    "INT8",
     "TRITON_MAX_BATCH_SIZE",
     "InputSpec",
     "ModelCard",
@@ -33,6 +35,7 @@ __all__ = [
 # The batch a model folder promises Triton (config.pbtxt), and the service's default
 # max_images_per_request.
 TRITON_MAX_BATCH_SIZE = 64
+FP32, INT8 = "fp32", "int8"  # a version's precision
 
 
 class InputSpec(BaseModel):

@@ -19,7 +19,6 @@ from model_export.calibrate import (
     CalibrationError,
     calibrate_dataset,
     fit_temperature,
-    record_facts,
 )
 from model_export.calibrate_images import calibrate_images, read_labels
 from model_export.datasets import load_fashion_mnist
@@ -27,6 +26,7 @@ from model_export.features import Candidate, FeatureExtractor, images_to_tensor
 from model_export.ood_fit import ClassGaussians, fit_class_gaussians, thresholds_at_rate
 from model_export.ood_metrics import auroc, fpr_at_95_tpr
 from model_export.ood_sets import ood_sets
+from model_export.repository import record_version_facts
 from service import calibration, ood, ood_file
 from service.model_card import load_card
 
@@ -115,8 +115,8 @@ def test_facts_are_merged_into_the_versions_key(tmp_path: Path) -> None:
     root.mkdir()
     card = {"name": "m", "versions": {"1": {"precision": "fp32"}, "2": {"precision": "int8"}}}
     (root / "model.json").write_text(json.dumps(card))
-    record_facts(root, "1", {"calibration": {"temperature": 1.5}})
-    record_facts(root, "1", {"ood": {"methods": ["energy"]}})
+    record_version_facts(root, "1", {"calibration": {"temperature": 1.5}})
+    record_version_facts(root, "1", {"ood": {"methods": ["energy"]}})
     saved = json.loads((root / "model.json").read_text())
     assert saved["versions"] == {
         "1": {

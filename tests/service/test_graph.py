@@ -89,3 +89,65 @@ def test_fields_grow_with_depth_and_cover_the_input_at_global_pooling(name: str)
     side = 28 if "fashion" in name else 224
     assert layers[-1].receptive_field is not None
     assert layers[-1].receptive_field.size[0] >= side
+
+
+def _qdq(tensor: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """tensor -> QuantizeLinear -> DequantizeLinear, as ONNX Runtime's quantizer writes it."""
+    scale = numpy_helper.from_array(np.array(0.05, np.float32), f"{tensor}_scale")
+    zero = numpy_helper.from_array(np.array(128, np.uint8), f"{tensor}_zero_point")
+    q = helper.make_node(
+        "QuantizeLinear",
+        [tensor, scale.name, zero.name],
+        [f"{tensor}_QuantizeLinear_Output"],
+        name=f"{tensor}_QuantizeLinear",
+    )
+    dq = helper.make_node(
+        "DequantizeLinear",
+        [q.output[0], scale.name, zero.name],
+        [f"{tensor}_DequantizeLinear_Output"],
+        name=f"{tensor}_DequantizeLinear",
+    )
+    return [q, dq], [scale, zero], dq.output[0]
+
+
+def qdq_toy_net() -> onnx.ModelProto:
+    """conv a (3x3, stride 2, pad 1) -> pool (2x2/2), in the QDQ format: a Q/DQ pair on every
+    activation, and the conv's int8 weight through a DequantizeLinear (no kernel_shape
+    attribute, so the kernel must come from the weight's shape)."""
+    nodes, inits, x = _qdq("x")
+    weight = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.int8), "a.w_quantized")
+    w_scale = numpy_helper.from_array(np.array(0.01, np.float32), "a.w_scale")
+    w_zero = numpy_helper.from_array(np.array(0, np.int8), "a.w_zero_point")
+    nodes.append(
+        helper.make_node("DequantizeLinear", ["a.w_quantized", "a.w_scale", "a.w_zero_point"],
+                         ["a.w"], name="a.w_DequantizeLinear")
+    )  # fmt: skip
+    nodes.append(
+        helper.make_node("Conv", [x, "a.w"], ["a"], name="a", strides=[2, 2], pads=[1, 1, 1, 1])
+    )
+    pair, more, a = _qdq("a")
+    nodes += pair
+    nodes.append(
+        helper.make_node("MaxPool", [a], ["p"], name="p", kernel_shape=[2, 2], strides=[2, 2])
+    )
+    tail, rest, out = _qdq("p")
+    graph = helper.make_graph(
+        [*nodes, *tail],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 32, 32])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 2, 8, 8])],
+        initializer=[*inits, weight, w_scale, w_zero, *more, *rest],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_qdq_nodes_are_not_layers_and_keep_the_fields() -> None:
+    layers = describe_layers(qdq_toy_net())
+    # Without the filter: x_QuantizeLinear, x_DequantizeLinear, a, a_Q..., a_DQ..., p, p_Q...
+    assert [(layer.name, layer.op_type) for layer in layers] == [("a", "Conv"), ("p", "MaxPool")]
+    a, p = layers
+    # The same arithmetic as the FP32 toy net's a and p (test_strided_dilated_toy_net_by_hand).
+    assert a.receptive_field == ReceptiveField((3, 3), (2, 2), (0, 0))
+    assert p.receptive_field == ReceptiveField((5, 5), (4, 4), (1, 1))
+    # Feature maps come from the float tensors, not the uint8 ones between Q and DQ.
+    assert (a.output, p.output) == ("a", "p") and a.output_shape == (2, 16, 16)
