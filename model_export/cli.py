@@ -278,12 +278,19 @@ def quantize(
     views: Annotated[int, typer.Option(min=1, help="calibration views per photo")] = 8,
     eval_views: Annotated[int, typer.Option(min=1, help="evaluation views per photo")] = 8,
     latency_rounds: Annotated[int, typer.Option(min=1)] = 15,
+    make_default: Annotated[
+        bool,
+        typer.Option(
+            help="serve the INT8 version when a request names none (else: only when named)"
+        ),
+    ] = False,
     model_dir: ModelDir = None,
 ) -> None:
     """Quantize NAME to INT8 as its next version, measured against FP32 before it is written.
 
     Exits 1, writing nothing, when accuracy drops more than --max-drop points or INT8
-    agrees with FP32 less than --min-agreement. Needs onnx and onnxruntime, not torch.
+    agrees with FP32 less than --min-agreement. Needs onnx and onnxruntime, not torch. The
+    INT8 version is served when named (?version=), or by default with --make-default.
     """
     try:
         from model_export.errors import ExportPipelineError
@@ -294,7 +301,7 @@ def quantize(
             "pip install 'cnnserve[serve,cpu]'"
         ) from None
     from model_export.quantize_variants import VARIANTS
-    from model_export.repository import default_model_dir
+    from model_export.repository import default_model_dir, set_default_version
 
     progress = logging.getLogger("model_export.quantize")  # one line per step, on stderr
     if not progress.handlers:
@@ -317,11 +324,14 @@ def quantize(
         eval_views=eval_views,
         latency_rounds=latency_rounds,
     )
+    root = model_dir or default_model_dir()
     try:
-        result = quantize_model(name, model_dir=model_dir or default_model_dir(), options=options)
+        result = quantize_model(name, model_dir=root, options=options)
     except ExportPipelineError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(json.dumps(result.to_json()))
+    if make_default:
+        set_default_version(root / name, result.version)
+    typer.echo(json.dumps(result.to_json() | {"default": make_default}))
 
 
 def register(app: typer.Typer) -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "next_version",
     "precision",
     "record_version_facts",
+    "set_default_version",
     "to_pbtxt",
     "write_model_files",
 ]
@@ -89,18 +90,37 @@ def write_model_files(model_root: Path, card: ModelCard | dict[str, Any]) -> Mod
     return ModelCard.model_validate(document)
 
 
+def _update_card(model_root: Path, change: Any) -> None:
+    """Apply ``change`` to model.json's parsed document and write it back atomically."""
+    path = model_root / "model.json"
+    card = json.loads(path.read_text())
+    change(card)
+    temporary = path.with_name(".model.json.tmp")
+    temporary.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
 def record_version_facts(model_root: Path, version: str, facts: Mapping[str, Any]) -> None:
     """Merge ``facts`` into what model.json says of ``version`` (``versions[version]``),
     keeping every other key and version (calibration and quantization each keep their own
     facts there); written atomically."""
-    path = model_root / "model.json"
-    card = json.loads(path.read_text())
-    versions = card.setdefault("versions", {})
-    versions.setdefault(str(version), {}).update(facts)
-    card["versions"] = dict(sorted(versions.items(), key=lambda item: int(item[0])))
-    temporary = path.with_name(".model.json.tmp")
-    temporary.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(temporary, path)
+
+    def merge(card: dict[str, Any]) -> None:
+        versions = card.setdefault("versions", {})
+        versions.setdefault(str(version), {}).update(facts)
+        card["versions"] = dict(sorted(versions.items(), key=lambda item: int(item[0])))
+
+    _update_card(model_root, merge)
+
+
+def set_default_version(model_root: Path, version: str) -> None:
+    """Make ``version`` the one a request that names none gets (model.json's
+    ``default_version``)."""
+
+    def point(card: dict[str, Any]) -> None:
+        card["default_version"] = str(version)
+
+    _update_card(model_root, point)
 
 
 def precision(card: Mapping[str, Any], version: str) -> str:

@@ -97,7 +97,7 @@ def cam_grid(model: ModelVersion) -> Grid | None:
     head = model.runtime.head
     if not isinstance(head, Head):
         return None
-    layer = next((layer for layer in model.runtime.layers if layer.output == head.features), None)
+    layer = next((layer for layer in model.runtime.layers if layer.output == head.source), None)
     rf = layer.receptive_field if layer is not None else None
     return None if rf is None else Grid(rf.size, rf.jump, rf.start)
 

@@ -26,10 +26,13 @@ _FLATTEN = frozenset({"Flatten", "Reshape", "Squeeze"})
 
 @dataclass(frozen=True)
 class Head:
-    """GAP + linear: ``features`` (the pooled tensor's name) and ``weights`` (classes x C)."""
+    """GAP + linear: ``features`` (the pooled tensor's name), ``weights`` (classes x C) and
+    ``source``: the tensor ``features`` is, quantisation pairs aside (in an INT8 graph the
+    pooling reads a DequantizeLinear of a QuantizeLinear of the layer that computed them)."""
 
     features: str
     weights: np.ndarray
+    source: str
 
 
 class _Graph:
@@ -41,6 +44,14 @@ class _Graph:
             for node in model.graph.node
             if node.op_type == "Constant" and node.attribute
         }
+
+    def unquantised(self, name: str) -> str:
+        """The tensor ``name`` is, before any QuantizeLinear/DequantizeLinear pair."""
+        node = self.producers.get(name)
+        while node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            name = node.input[0]
+            node = self.producers.get(name)
+        return name
 
     def producer(self, name: str) -> onnx.NodeProto | None:
         node = self.producers.get(name)
@@ -127,11 +138,11 @@ def classifier_head(model: onnx.ModelProto) -> Head | str:
         if axes is None:
             axes = np.array(next((a.ints for a in node.attribute if a.name == "axes"), []))
         if sorted(int(a) for a in axes) == [2, 3]:
-            return Head(node.input[0], weights)
+            return Head(node.input[0], weights, graph.unquantised(node.input[0]))
     if node is None or node.op_type != "GlobalAveragePool":
         found = node.op_type if node is not None else "nothing"
         return (
             "its last linear layer does not read globally average-pooled feature maps "
             f"(it reads {found}): class activation maps need a GAP + linear head"
         )
-    return Head(node.input[0], weights)
+    return Head(node.input[0], weights, graph.unquantised(node.input[0]))

@@ -8,7 +8,8 @@ normalises them itself). Preprocessing, batches, receptive fields, explanations 
 Open Inference Protocol's metadata all follow from it (``InputSpec.shape``). The output is
 ``logits`` (the service applies softmax) or ``probabilities`` (a graph ending in Softmax).
 Facts that belong to one version of a model (its precision, calibration, out-of-distribution
-statistics) sit under ``versions``, keyed by version.
+statistics) sit under ``versions``, keyed by version; ``default_version`` says which version a
+request that names none gets (absent: the highest).
 """
 
 from __future__ import annotations
@@ -129,6 +130,11 @@ class ModelCard(BaseModel):
     parameters: int | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, VersionFacts] = Field(default_factory=dict)
+    default_version: str | None = Field(
+        None,
+        description="the version served when a request names none; absent: the highest "
+        "(an INT8 version is made the default only where its accuracy was measured)",
+    )
 
     @property
     def output_kind(self) -> str:

@@ -92,11 +92,17 @@ class ModelEntry:
         return sorted({*self.versions, *self.failed_versions}, key=int)
 
     @property
-    def latest(self) -> str | None:
-        return self.version_names[-1] if self.version_names else None
+    def default(self) -> str | None:
+        """The version a request that names none gets: the card's ``default_version`` when
+        it is one of the model's versions, else the highest."""
+        names = self.version_names
+        chosen = self.card.default_version if self.card is not None else None
+        if chosen in names:
+            return chosen
+        return names[-1] if names else None
 
     def ready(self, version: str | None = None) -> bool:
-        """Whether requests for ``version`` (the highest when None) are served now: the one
+        """Whether requests for ``version`` (the default when None) are served now: the one
         rule for a model's readiness, wherever it is reported."""
         if self.state is ModelState.LOADING:
             return False
@@ -108,7 +114,7 @@ class ModelEntry:
         """The named version, or the highest; raises a domain error when it cannot serve."""
         if self.state is ModelState.LOADING:
             raise ModelUnavailableError(f"model {self.name} is still loading", model=self.name)
-        wanted = version or self.latest
+        wanted = version or self.default
         if wanted in self.versions:
             return self.versions[wanted]
         if wanted in self.failed_versions or (version is None and self.reason):
@@ -224,7 +230,7 @@ class ModelRepository:
             entry.versions[folder.name] = ModelVersion(
                 folder.name, runtime, self._batcher(runtime, f"{name}/{folder.name}")
             )
-        latest = entry.latest
+        latest = entry.default
         if latest in entry.versions:
             entry.state = ModelState.READY
         else:

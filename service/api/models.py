@@ -61,7 +61,7 @@ def model_info(entry: ModelEntry, version: str | None = None) -> ModelInfo:
             "parameters": card.parameters,
             "metrics": card.metrics,
         }
-    wanted = version or entry.latest
+    wanted = version or entry.default
     info["version"] = wanted
     served = entry.versions.get(wanted or "")
     if served is None:
