@@ -301,7 +301,7 @@ def quantize(
             "pip install 'cnnserve[serve,cpu]'"
         ) from None
     from model_export.quantize_variants import VARIANTS
-    from model_export.repository import default_model_dir, set_default_version
+    from model_export.repository import default_model_dir, served_default, set_default_version
 
     progress = logging.getLogger("model_export.quantize")  # one line per step, on stderr
     if not progress.handlers:
@@ -325,12 +325,14 @@ def quantize(
         latency_rounds=latency_rounds,
     )
     root = model_dir or default_model_dir()
+    serving = served_default(root / name) if (root / name / "model.json").is_file() else None
     try:
         result = quantize_model(name, model_dir=root, options=options)
     except ExportPipelineError as exc:
         raise _fail(str(exc)) from None
-    if make_default:
-        set_default_version(root / name, result.version)
+    # The new version is the highest: pinned, the one served before stays the default.
+    chosen = result.version if make_default or serving is None else serving
+    set_default_version(root / name, chosen)
     typer.echo(json.dumps(result.to_json() | {"default": make_default}))
 
 

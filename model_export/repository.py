@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from service.model_card import ModelCard, triton_config
+from service.model_card import ModelCard, load_card, triton_config
 
 __all__ = [
     "default_model_dir",
     "next_version",
     "precision",
     "record_version_facts",
+    "served_default",
     "set_default_version",
     "to_pbtxt",
     "write_model_files",
@@ -111,6 +112,13 @@ def record_version_facts(model_root: Path, version: str, facts: Mapping[str, Any
         card["versions"] = dict(sorted(versions.items(), key=lambda item: int(item[0])))
 
     _update_card(model_root, merge)
+
+
+def served_default(model_root: Path) -> str | None:
+    """The version served now to a request naming none (``ModelCard.served_default`` over
+    the numbered folders)."""
+    versions = [p.name for p in model_root.iterdir() if p.is_dir() and p.name.isdigit()]
+    return load_card(model_root / "model.json").served_default(versions)
 
 
 def set_default_version(model_root: Path, version: str) -> None:

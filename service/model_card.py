@@ -15,6 +15,7 @@ request that names none gets (absent: the highest).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,6 +144,14 @@ class ModelCard(BaseModel):
 
     def version_facts(self, version: str) -> VersionFacts:
         return self.versions.get(version) or VersionFacts()
+
+    def served_default(self, versions: Iterable[str]) -> str | None:
+        """Which of ``versions`` (those on disk) a request naming none gets: ``default_version``
+        when it is one of them, else the highest."""
+        names = sorted(versions, key=int)
+        if self.default_version in names:
+            return self.default_version
+        return names[-1] if names else None
 
 
 def triton_config(

@@ -96,9 +96,8 @@ class ModelEntry:
         """The version a request that names none gets: the card's ``default_version`` when
         it is one of the model's versions, else the highest."""
         names = self.version_names
-        chosen = self.card.default_version if self.card is not None else None
-        if chosen in names:
-            return chosen
+        if self.card is not None:
+            return self.card.served_default(names)
         return names[-1] if names else None
 
     def ready(self, version: str | None = None) -> bool:

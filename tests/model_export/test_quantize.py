@@ -250,7 +250,9 @@ def test_an_imported_model_is_calibrated_on_a_folder_of_photos(
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["version"] == "2" and summary["accuracy_int8"] is None
-    facts = json.loads((repo / "imported" / "model.json").read_text())["versions"]["2"]
+    card = json.loads((repo / "imported" / "model.json").read_text())
+    assert card["default_version"] == "1"  # without --make-default the FP32 one stays served
+    facts = card["versions"]["2"]
     calibration = facts["quantization"]["calibration"]
     assert calibration["images"] == 9 and calibration["skipped_files"] == ["notes.txt"]
     checked = facts["quantization"]["verification"]
