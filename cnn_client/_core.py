@@ -16,6 +16,11 @@ from urllib.parse import quote
 
 import httpx
 
+try:  # the caller's trace, when its application uses OpenTelemetry
+    from opentelemetry import propagate
+except ImportError:  # pragma: no cover - not installed: no trace headers
+    propagate = None  # type: ignore[assignment]
+
 from cnn_client._images import ImageInput, Upload, to_upload
 from cnn_client._parse import (
     error_from_response,
@@ -168,14 +173,20 @@ class ClientCore:
         params: list[tuple[str, str]] | None = None,
         uploads: Sequence[Upload] = (),
     ) -> httpx.Request:
-        """A complete request, its body already in memory so that retries can resend it."""
+        """A complete request, its body already in memory so that retries can resend it.
+        With OpenTelemetry installed and a span current, it carries the W3C ``traceparent``
+        (and ``tracestate``): the server's spans join the caller's trace."""
         files = [("file", upload.as_file()) for upload in uploads] or None
+        headers = self._headers
+        if propagate is not None:
+            headers = dict(headers)
+            propagate.inject(headers)
         request = httpx.Request(
             method,
             self.base_url + path,
             params=tuple(params or ()),
             files=files,
-            headers=self._headers,
+            headers=headers,
             extensions={"timeout": self._timeout},
         )
         request.read()

@@ -20,10 +20,11 @@ from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
 from service import __name__ as _package
+from service import tracing
 from service.api import explain, health, models, v2
 from service.api.docs import install_docs
 from service.api.handlers import install_handlers
-from service.api.middleware import ServiceMiddleware
+from service.api.middleware import UNCOUNTED_PATHS, ServiceMiddleware
 from service.api.openapi import install_openapi
 from service.api.state import AppState
 from service.config import Settings
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
         docs_url=None,
         redoc_url=None,
+        telemetry=tracing.fastapi_telemetry(UNCOUNTED_PATHS),
     )
     state = _build_state(settings)
     app.state.cnnserve = state
@@ -119,7 +121,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            allow_headers=[
+                *("Authorization", "X-API-Key", "Content-Type", "X-Request-ID"),
+                *("traceparent", "tracestate"),  # a traced web page's context
+            ],
         )
     log.debug("%s app built for %s", _package, settings.model_dir)
     return app

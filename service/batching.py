@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service import tracing
 from service.errors import DeadlineExceededError, ModelRetiredError, OverloadedError
 
 __all__ = ["BatchObserver", "Batcher", "Incoming", "Outputs"]
@@ -56,6 +57,7 @@ class _Item:
     loop: asyncio.AbstractEventLoop
     prepare: Callable[[], np.ndarray] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
+    context: tracing.Context | None = field(default_factory=tracing.current_context)
 
     def __len__(self) -> int:
         return self.images
@@ -300,7 +302,8 @@ class Batcher:
                 continue
             if item.prepare is not None:
                 try:
-                    item.array, item.prepare = item.prepare(), None
+                    with tracing.attached(item.context):  # decoded in its request's trace
+                        item.array, item.prepare = item.prepare(), None
                 except Exception as exc:  # a bad image: its caller's error, not the batch's
                     failed.append((item, exc))
                     continue
@@ -308,13 +311,19 @@ class Batcher:
         return ready, failed
 
     def _run_batch(self, items: list[_Item]) -> None:
+        taken = time.perf_counter()
+        for item in items:
+            tracing.record("queue wait", item.context, item.enqueued, taken, images=len(item))
         live, failed = self._prepared(items)
         pairs: list[tuple[_Item, Outputs | BaseException]] = list(failed)
         if live:
             arrays = [item.array for item in live if item.array is not None]
             batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
             try:
-                outputs = self._infer(batch, live)
+                served = [item.context for item in live]
+                traced = {"batcher": self.name, "images": len(batch), "requests": len(live)}
+                with tracing.batch_span("batch inference", served, **traced):
+                    outputs = self._infer(batch, live)
             except Exception as exc:  # reported to every caller of this batch
                 log.exception("inference failed for model %s", self.name)
                 pairs += [(item, exc) for item in live]

@@ -116,7 +116,9 @@ class Settings(BaseSettings):
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="auto: text on a terminal, JSON otherwise"
+    )
 
     _split = field_validator("cors_origins", mode="before")(_split_csv)
     _split_required = field_validator("api_keys", "admin_keys", "allowed_hosts", mode="before")(

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from service import tracing
 from service.batching import Incoming, Outputs
 from service.config import Settings
 from service.decoder import Decoder, Elsewhere
@@ -225,11 +226,13 @@ class DataPlane:
         served, (scores, *features) = await self._current(
             model, version, functools.partial(self.run_images, images=images)
         )
+        tracing.annotate(model=served.runtime.name, version=served.version, images=len(images))
         trust = served.runtime.trust
-        verdicts = trust.assess(scores, tuple(features))
+        with tracing.span("postprocess"):
+            verdicts = trust.assess(scores, tuple(features))
+            chances = trust.probabilities(scores, calibrated=calibrated)
+            indices, values = (a.tolist() for a in top_k(chances, k))  # Python numbers
         self.metrics.observe_ood(served.runtime.name, verdicts)
-        chances = trust.probabilities(scores, calibrated=calibrated)
-        indices, values = (a.tolist() for a in top_k(chances, k))  # Python numbers
         return served, [
             Classification(name, indices[i], values[i], verdicts[i])
             for i, (name, _) in enumerate(images)
@@ -272,13 +275,17 @@ class DataPlane:
     ) -> list[FeatureMap]:
         """The activations of ``layers`` for one encoded image."""
         token = CancelToken()
+        tracing.annotate(model=model.runtime.name, version=model.version, images=1)
         batch = await self.prepare(model, [(None, image)], token=token)
         timeout = self.settings.request_timeout_s
         try:
-            arrays = await asyncio.wait_for(
-                self.run_in_pool(functools.partial(model.runtime.feature_maps, batch[0], layers)),
-                timeout,
-            )
+            with tracing.span("feature maps", layers=len(layers)):
+                arrays = await asyncio.wait_for(
+                    self.run_in_pool(
+                        functools.partial(model.runtime.feature_maps, batch[0], layers)
+                    ),
+                    timeout,
+                )
         except TimeoutError:
             raise DeadlineExceededError(
                 f"the request did not finish within {timeout:g} s", timeout_s=timeout

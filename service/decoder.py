@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from prometheus_client import Histogram
 
+from service import tracing
 from service.config import Settings
 from service.decoding import (
     CancelToken,
@@ -138,8 +139,11 @@ class Decoder:
         return batch
 
     async def run_in_pool(self, call: Callable[[], T]) -> T:
-        """``call()`` in the decode pool: CPU work on request data never runs on the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+        """``call()`` in the decode pool (in the request's trace): CPU work on request data
+        never runs on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, tracing.in_context(call)
+        )
 
     async def spread(
         self,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from service import tracing
 from service.errors import InvalidImageError, ServiceError, TooManyPixelsError
 from service.model_card import InputSpec
 from service.preprocessing import load_image, open_image, to_tensor
@@ -173,7 +174,10 @@ def decode_rows(
 ) -> None:
     """Decode ``opened`` into ``out[start:]`` (each row: the model's input for one image),
     freeing each image once its row is written; a failure raises ``ImageFailure`` with the
-    image's index in the request (``start`` + its position here)."""
+    image's index in the request (``start`` + its position here). Traced: a decode and a
+    preprocess span per image, in the request's trace."""
+    parent = tracing.current_context()
+    traced = parent is not None
     for position, image in enumerate(opened):
         if image is None:
             continue
@@ -192,4 +196,9 @@ def decode_rows(
             finally:
                 decoded.close()
                 image.close()
-        observe(loaded - started, time.perf_counter() - loaded)
+        done = time.perf_counter()
+        observe(loaded - started, done - loaded)
+        if traced:
+            pixels = decoded.width * decoded.height
+            tracing.record("decode", parent, started, loaded, image=index, pixels=pixels)
+            tracing.record("preprocess", parent, loaded, done, image=index)

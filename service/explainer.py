@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from service import tracing
 from service.dataplane import DataPlane
 from service.errors import InvalidParameterError, MethodNotSupportedError
 from service.explain import METHODS, Grid, Heatmap, Subject, copies
@@ -173,8 +174,10 @@ class Explainer:
             self.metrics.explanations.labels(name, method, "hit").inc()
             return dataclasses.replace(cached, cached=True)
         started = time.perf_counter()
+        tracing.annotate(model=name, version=model.version, method=method)
         subject = await self._subject(model, image, method, target)
-        heatmap = await METHODS[method].run(subject, parameters)
+        with tracing.span("explain", method=method, target=subject.target):
+            heatmap = await METHODS[method].run(subject, parameters)
         seconds = time.perf_counter() - started
         label = model.runtime.card.labels[subject.target]
         result = Explanation(

@@ -48,12 +48,13 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from service.app import create_app
+from service.app import VERSION, create_app
 from service.config import ANY_HOST, Settings, unknown_variables
 from service.connections import HAVE_HTTPTOOLS, MAX_HEAD_BYTES, bounded_protocol
 from service.logs import configure_logging
 from service.runtime import usable_cores
 from service.supervisor import supervise
+from service.tracing import configure_tracing
 
 __all__ = ["DRAIN_BACKSTOP_S", "serve"]
 
@@ -196,6 +197,8 @@ def serve(settings: Settings) -> None:
         hint = f"; did you mean {close}?" if close else ""
         log.warning("%s is not a cnnserve setting: ignored%s", name, hint)
     settings = _sized(settings).as_served()
+    if settings.workers == 1:
+        configure_tracing(VERSION)  # a worker process turns its own on
     protocols = _protocols(settings)
     log.info(
         "serving with %d worker(s), %s and %s; per worker %d inference thread(s) and %d "
@@ -272,6 +275,7 @@ def _worker(host: str, port: int) -> None:
     CNNSERVE_* environment, served on its own socket, drained like a single process."""
     settings = Settings().as_served()
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing(VERSION)
     sock = _listening_socket(host, port)
     config = uvicorn.Config(_frozen_after_startup(create_app(settings)), **_options(settings))
     _DrainingServer(config).run(sockets=[sock])

@@ -96,12 +96,19 @@ class LiveServer:
 
 
 def launch_server(
-    log_dir: Path, *, executable: Path = CNNSERVE, wait: bool = True, **settings: object
+    log_dir: Path,
+    *,
+    executable: Path = CNNSERVE,
+    wait: bool = True,
+    environ: dict[str, str] | None = None,
+    **settings: object,
 ) -> LiveServer:
     """Start `cnnserve serve` on a free port of 127.0.0.1 with CNNSERVE_* ``settings`` (CPU
-    provider and the committed models unless given); waits until it is ready."""
+    provider and the committed models unless given) and other variables from ``environ``
+    (OTEL_*: none are inherited); waits until it is ready."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNSERVE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CNNSERVE_", "OTEL_"))}
+    env |= environ or {}
     env |= {
         "CNNSERVE_PROVIDERS": "cpu",
         "CNNSERVE_MODEL_DIR": str(MODELS),

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.api.access import REPOSITORY_PREFIX, AccessRules, header
 from service.api.handlers import CLIENT_CLOSED, service_error_response
 from service.api.state import AppState
@@ -168,6 +169,11 @@ class ServiceMiddleware:
             on_body_done=(lambda: self._relax(deadline)) if control else None,
         )
 
+        # The request's span is FastAPI's (``tracing.fastapi_telemetry``); its trace id goes
+        # back to the caller. (It ends as the response does: attributes are set before.)
+        trace_id = tracing.trace_id()
+        tracing.annotate(request_id=request_id)
+
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 watch.responded = True
@@ -175,6 +181,8 @@ class ServiceMiddleware:
                 status["code"] = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                if trace_id:
+                    headers.append((b"x-trace-id", trace_id.encode()))
                 present = {name.lower() for name, _ in headers}
                 # A response may set its own policy (the API docs page does): keep it.
                 headers.extend(h for h in _SECURITY_HEADERS if h[0] not in present)
@@ -287,6 +295,7 @@ class ServiceMiddleware:
             await response(scope, watch.receive, send)
 
     def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
+        """The request's metrics and access-log line."""
         route = scope.get("route")
         endpoint = getattr(route, "path", None) or "unmatched"
         model = scope.get("path_params", {}).get("name", "")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
+from service import tracing
 from service.errors import (
     BodyTooLargeError,
     InvalidParameterError,
@@ -112,11 +113,12 @@ async def read_uploads(request: Request, *, max_images: int) -> list[Upload]:
     """The request's images in order, or a domain error saying what is wrong with it."""
     media = _media_type(request)
     if media == "multipart/form-data":
-        return parse_multipart(
-            await request.body(), request.headers.get("content-type", ""), max_images=max_images
-        )
+        with tracing.span("read body"):
+            body = await request.body()
+        return parse_multipart(body, request.headers.get("content-type", ""), max_images=max_images)
     if media.startswith("image/") or media in RAW_TYPES:
-        return [Upload(request.headers.get("x-filename"), await request.body())]
+        with tracing.span("read body"):
+            return [Upload(request.headers.get("x-filename"), await request.body())]
     raise UnsupportedMediaTypeError(
         f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data with "
         f"field {FIELD!r}, or a raw body with Content-Type image/* or application/octet-stream",
@@ -133,11 +135,12 @@ async def read_body(request: Request, *, limit: int) -> bytes:
             f"the body is {declared} bytes; this endpoint takes at most {limit}", limit=limit
         )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLargeError(
-                f"the body exceeds the {limit} bytes this endpoint takes", limit=limit
-            )
-        chunks.append(chunk)
+    with tracing.span("read body"):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError(
+                    f"the body exceeds the {limit} bytes this endpoint takes", limit=limit
+                )
+            chunks.append(chunk)
     return b"".join(chunks)

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from service import tracing
 from service.config import Settings
 from service.dataplane import DataPlane
 from service.model_card import triton_config
@@ -114,8 +115,9 @@ class V2Plane:
         def read() -> InferRequest:
             # The exact bounds (the model's dimensions and batch) are the binding's; here,
             # only what no body within the limit could carry.
-            plain = decode_body(body, encoding, limit=limit)
-            return decode_request(plain, header_length, max_elements=limit)
+            with tracing.span("decode request", bytes=len(body)):
+                plain = decode_body(body, encoding, limit=limit)
+                return decode_request(plain, header_length, max_elements=limit)
 
         request = await self.dataplane.run_in_pool(read)
         classes = len(model.runtime.card.labels)
@@ -123,9 +125,11 @@ class V2Plane:
         max_batch = self.settings.max_images_per_request
 
         def bind(current: ModelVersion) -> np.ndarray:
-            return bind_input(request, model_tensors(current.runtime)[0], max_batch=max_batch)
+            with tracing.span("bind input"):
+                return bind_input(request, model_tensors(current.runtime)[0], max_batch=max_batch)
 
         served, values = await self.dataplane.infer_tensor(model, version, bind)
+        tracing.annotate(model=served.runtime.name, version=served.version, images=len(values))
         wanted = select_outputs(request, model_tensors(served.runtime)[1], classes=classes)
         encode = functools.partial(self._encode, served, values, wanted, request.id)
         if values.size * len(wanted) <= INLINE_RESPONSE_VALUES:
@@ -139,21 +143,22 @@ class V2Plane:
         wanted: list[RequestedOutput],
         request_id: str | None,
     ) -> tuple[bytes, int | None]:
-        datatype = model_tensors(model.runtime)[1][0].datatype
-        outputs = []
-        for out in wanted:
-            if out.classification:
-                labels = model.runtime.card.labels
-                strings = classification(values, out.classification, labels)
-                outputs.append(OutputTensor(out.name, "BYTES", strings, bool(out.binary)))
-            else:
-                outputs.append(OutputTensor(out.name, datatype, values, bool(out.binary)))
-        return encode_response(
-            model_name=model.runtime.name,
-            model_version=model.version,
-            request_id=request_id,
-            outputs=outputs,
-        )
+        with tracing.span("encode response"):
+            datatype = model_tensors(model.runtime)[1][0].datatype
+            outputs = []
+            for out in wanted:
+                if out.classification:
+                    labels = model.runtime.card.labels
+                    strings = classification(values, out.classification, labels)
+                    outputs.append(OutputTensor(out.name, "BYTES", strings, bool(out.binary)))
+                else:
+                    outputs.append(OutputTensor(out.name, datatype, values, bool(out.binary)))
+            return encode_response(
+                model_name=model.runtime.name,
+                model_version=model.version,
+                request_id=request_id,
+                outputs=outputs,
+            )
 
 
 def _metadata_tensor(spec: TensorSpec) -> MetadataTensor:
