@@ -142,7 +142,7 @@ class Decoder:
         """``call()`` in the decode pool (in the request's trace): CPU work on request data
         never runs on the event loop."""
         return await asyncio.get_running_loop().run_in_executor(
-            self.executor, tracing.in_context(call)
+            self.executor, tracing.in_context(call, waited="pool wait")
         )
 
     async def spread(

@@ -223,13 +223,17 @@ def attached(parent: Context | None) -> Iterator[None]:
         otel_context.detach(token)
 
 
-def in_context(call: Callable[[], T]) -> Callable[[], T]:
-    """``call`` bound to the current trace context, for another thread to run."""
+def in_context(call: Callable[[], T], *, waited: str | None = None) -> Callable[[], T]:
+    """``call`` bound to the current trace context, for another thread to run; ``waited``
+    names a span for the time between now and when that thread starts it (a pool's queue)."""
     if not enabled():
         return call
     parent = otel_context.get_current()
+    submitted = time.perf_counter()
 
     def bound() -> T:
+        if waited is not None:
+            record(waited, parent, submitted, time.perf_counter())
         with attached(parent):
             return call()
 

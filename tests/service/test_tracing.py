@@ -50,13 +50,13 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def traced(receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A server exporting every trace to ``receiver`` (short batching delay: spans arrive
-    within a tenth of a second)."""
+    within a tenth of a second), decoding in a pool of two threads."""
     environ = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "50",
         "OTEL_SERVICE_NAME": "cnnserve-under-test",
     }
-    server = launch_server(tmp_path_factory.mktemp("traced"), environ=environ)
+    server = launch_server(tmp_path_factory.mktemp("traced"), environ=environ, decode_threads=2)
     yield server
     server.stop()
 
@@ -77,7 +77,7 @@ def test_a_classify_request_joins_the_callers_trace(traced: LiveServer, receiver
     assert response.status_code == 200
     assert response.headers["x-trace-id"] == trace_id
 
-    names = {"POST /v1/models/{name}/classify", "read body", "decode", "preprocess"}
+    names = {"POST /v1/models/{name}/classify", "read body", "pool wait", "decode", "preprocess"}
     spans = receiver.trace(trace_id, until=names | {"queue wait", "postprocess"})
     request = _one(spans, "POST /v1/models/{name}/classify")
     assert request.parent_span_id == parent and request.kind == SERVER_KIND
@@ -88,7 +88,7 @@ def test_a_classify_request_joins_the_callers_trace(traced: LiveServer, receiver
     assert _HEX32.match(request.attributes["cnnserve.request_id"])
     assert request.resource["service.name"] == "cnnserve-under-test"
     children = {s.name for s in spans if s.parent_span_id == request.span_id}
-    assert {"read body", "queue wait", "postprocess"} <= children
+    assert {"read body", "pool wait", "queue wait", "postprocess"} <= children
     decodes = [s for s in spans if s.name == "decode"]
     assert sorted(s.attributes["cnnserve.image"] for s in decodes) == [0, 1]
     assert all(s.attributes["cnnserve.pixels"] == 28 * 28 for s in decodes)
