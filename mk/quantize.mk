@@ -2,8 +2,10 @@
 #
 #   make quantize           `cnnserve quantize` on the default models: each gets an INT8
 #                           version beside its FP32 one in MODEL_DIR (default models/), with
-#                           what was measured in its model.json; a model whose INT8 version
-#                           misses a bound gets none, and the target fails.
+#                           what was measured in its model.json, then `cnnserve calibrate` fits
+#                           that version's temperature and out-of-distribution statistics; a
+#                           model whose INT8 version misses a bound gets none, and the target
+#                           fails.
 #   make bench-quantized    FP32 against INT8 per image, batch 1 and 32, one core, side by side
 #                           (benchmarks/quantized.py -> benchmarks/results/quantized.json)
 #
@@ -24,13 +26,17 @@ QUANTIZE_ARGS_mobilenetv2-imagenet ?= --min-agreement 0.85
 # measured here: its INT8 version serves only when asked for (?version=2).
 QUANTIZE_ARGS_resnet-fashion ?= --make-default
 QUANTIZE_ARGS_vggnet-fashion ?= --make-default
+# Calibration of the new version (its own logits: INT8 shifts them): as calibrate-models does.
+CALIBRATE_ARGS_resnet-fashion ?= --dataset fashion-mnist
+CALIBRATE_ARGS_vggnet-fashion ?= --dataset fashion-mnist
 BENCH_QUANTIZED_ARGS ?=
 
 .PHONY: quantize bench-quantized
 
 quantize: $(VENV)/.stamp-dev apt-deps
 	$(foreach model,$(QUANTIZE_MODELS),$(BIN)/cnnserve quantize $(model) --model-dir $(MODEL_DIR) \
-	  $(QUANTIZE_ARGS) $(QUANTIZE_ARGS_$(model)) && ) true
+	  $(QUANTIZE_ARGS) $(QUANTIZE_ARGS_$(model)) && \
+	  $(BIN)/cnnserve calibrate $(model) --model-dir $(MODEL_DIR) $(CALIBRATE_ARGS_$(model)) && ) true
 
 bench-quantized: $(VENV)/.stamp-dev apt-deps
 	$(BIN)/python -m benchmarks.quantized --model-dir $(MODEL_DIR) $(BENCH_QUANTIZED_ARGS)

@@ -5,8 +5,9 @@
 #                           committed files, service.trust for every score): rewrites the
 #                           measured part of docs/trust.md, docs/trust.json and the pictures
 #                           docs/img/trust-*.png (about 10 minutes on two cores)
-#   make calibrate-models   refit their temperatures and OOD statistics (cnnserve calibrate;
-#                           rewrites models/*-fashion/1/ood.npz and model.json "versions")
+#   make calibrate-models   refit their temperatures and OOD statistics, every version
+#                           (cnnserve calibrate; rewrites models/*-fashion/*/ood.npz and
+#                           model.json "versions")
 
 TRUST_MODELS := lenet5-fashion vggnet-fashion resnet-fashion
 
@@ -19,5 +20,6 @@ trust-report: $(VENV)/.stamp-dev
 
 calibrate-models: $(VENV)/.stamp-dev
 	@scripts/apt-install.sh dataset-fashion-mnist
-	for name in $(TRUST_MODELS); do \
-	  $(BIN)/cnnserve calibrate $$name --dataset fashion-mnist --model-dir models || exit 1; done
+	for name in $(TRUST_MODELS); do for dir in models/$$name/[0-9]*/; do \
+	  $(BIN)/cnnserve calibrate $$name --version $$(basename $$dir) --dataset fashion-mnist \
+	    --model-dir models || exit 1; done; done
