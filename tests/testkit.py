@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +23,47 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = REPO / "models"
 CNNSERVE = Path(sys.executable).parent / "cnnserve"
+# The models the repository ships, the ones the tests are written for.
+SHIPPED_MODELS = ("lenet5-fashion", "mobilenetv2-imagenet", "resnet-fashion", "vggnet-fashion")
+
+
+def _test_repository() -> Path:
+    """The tests' own model repository: a private copy of the shipped models as committed
+    (the files git tracks under models/, as they are in the working tree), so that a model
+    or version a user added to models/ changes no test. Outside a git checkout: the shipped
+    models' folders whole."""
+    target = Path(tempfile.mkdtemp(prefix="cnnserve-test-models-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--", *(f"models/{name}" for name in SHIPPED_MODELS)],
+        cwd=REPO,
+        capture_output=True,
+    )
+    tracked = [Path(p) for p in listed.stdout.decode().split("\0") if p]
+    if listed.returncode != 0 or not tracked:
+        for name in SHIPPED_MODELS:
+            shutil.copytree(REPO / "models" / name, target / name)
+        return target
+    for relative in tracked:
+        destination = target / relative.relative_to("models")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / relative, destination)
+    return target
+
+
+MODELS = _test_repository()
+
+
+def served_version(name: str, repository: Path = MODELS) -> str:
+    """The version of ``name`` a request naming none gets (model.json's default_version:
+    the INT8 one for resnet-fashion and vggnet-fashion, whose accuracy was measured)."""
+    from service.model_card import load_card
+
+    folders = [p.name for p in (repository / name).iterdir() if p.is_dir() and p.name.isdigit()]
+    version = load_card(repository / name / "model.json").served_default(folders)
+    assert version is not None, f"{name} has no version in {repository}"
+    return version
 
 
 def png(array: np.ndarray) -> bytes:

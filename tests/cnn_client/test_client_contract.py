@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from PIL import Image
+from testkit import MODELS, served_version
 
 from cnn_client import (
     AsyncClient,
@@ -32,8 +33,6 @@ from cnn_client import (
 pytest.importorskip("fastapi")
 pytest.importorskip("onnxruntime")
 
-REPO = Path(__file__).resolve().parents[2]
-MODELS = REPO / "models"
 FASHION_MODELS = ["lenet5-fashion", "vggnet-fashion", "resnet-fashion"]
 T = TypeVar("T")
 
@@ -198,7 +197,7 @@ def test_fashion_models_classify_real_test_images(
     accuracy = np.mean([r.top.index == label for r, label in zip(results, labels, strict=False)])
     assert accuracy >= 0.85, f"{name}: {accuracy:.2f} on 100 Fashion-MNIST test images"
     for result in results:
-        assert (result.model, result.model_version) == (name, "1")
+        assert (result.model, result.model_version) == (name, served_version(name))
         probabilities = [p.probability for p in result.predictions]
         assert len(probabilities) == 10
         assert probabilities == sorted(probabilities, reverse=True)

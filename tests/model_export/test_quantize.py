@@ -41,9 +41,19 @@ MAP_COSINE, MAP_MAX_ERROR = 0.99, 0.10
 
 
 def _copy(model: str, tmp_path: Path) -> Path:
+    """A repository with ``model`` as it was before quantization: version 1 (FP32) only."""
     repo = tmp_path / "models"
-    shutil.copytree(MODELS / model, repo / model)
+    shutil.copytree(MODELS / model, repo / model, ignore=lambda _, names: _later(names))
+    card_path = repo / model / "model.json"
+    card = json.loads(card_path.read_text())
+    card.pop("default_version", None)
+    card["versions"] = {"1": card.get("versions", {}).get("1", {})}
+    card_path.write_text(json.dumps(card))
     return repo
+
+
+def _later(names: list[str]) -> list[str]:
+    return [name for name in names if name.isdigit() and name != "1"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -72,12 +82,12 @@ def test_version_facts_are_merged_and_default_to_fp32(tmp_path: Path) -> None:
     root.mkdir()
     card = json.loads((MODELS / "resnet-fashion" / "model.json").read_text())
     (root / "model.json").write_text(json.dumps(card))
-    assert precision(card, "2") == "fp32"  # no facts: FP32
-    record_version_facts(root, "2", {"precision": "int8", "source_version": "1"})
-    record_version_facts(root, "2", {"calibration": {"temperature": 1.5}})
+    assert precision(card, "3") == "fp32"  # no facts: FP32
+    record_version_facts(root, "3", {"precision": "int8", "source_version": "1"})
+    record_version_facts(root, "3", {"calibration": {"temperature": 1.5}})
     updated = json.loads((root / "model.json").read_text())
-    assert precision(updated, "2") == "int8" and precision(updated, "1") == "fp32"
-    assert updated["versions"]["2"]["calibration"] == {"temperature": 1.5}  # merged, kept
+    assert precision(updated, "3") == "int8" and precision(updated, "1") == "fp32"
+    assert updated["versions"]["3"]["calibration"] == {"temperature": 1.5}  # merged, kept
     assert updated["versions"]["1"] == card["versions"]["1"]  # other versions untouched
     assert {k: v for k, v in updated.items() if k != "versions"} == {
         k: v for k, v in card.items() if k != "versions"
@@ -106,9 +116,10 @@ def test_int8_version_is_written_with_its_measured_facts(resnet_int8: Path) -> N
         MODELS / "resnet-fashion" / "1" / "model.onnx"
     ).read_bytes()
     original = json.loads((MODELS / "resnet-fashion" / "model.json").read_text())
-    assert {k: v for k, v in card.items() if k != "versions"} == {
-        k: v for k, v in original.items() if k != "versions"
+    assert {k: v for k, v in card.items() if k not in ("versions", "default_version")} == {
+        k: v for k, v in original.items() if k not in ("versions", "default_version")
     }
+    assert "default_version" not in card  # quantize_model alone makes nothing the default
     assert card["versions"]["1"] == original["versions"]["1"]  # version 1's facts kept
     ops = {node.op_type for node in onnx.load(str(resnet_int8 / "2" / "model.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops

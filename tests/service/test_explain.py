@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from testkit import MODELS, metric_value, png
+from testkit import MODELS, REPO, metric_value, png
 
 from model_export.datasets import Split
 from service.app import create_app
@@ -24,7 +24,7 @@ from service.head import Head, classifier_head
 from service.model_card import InputSpec
 
 MOBILENET = "mobilenetv2-imagenet"
-SAMPLES = MODELS.parent / "service" / "static" / "samples"
+SAMPLES = REPO / "service" / "static" / "samples"
 
 
 @pytest.fixture(scope="module")

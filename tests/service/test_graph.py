@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from testkit import MODELS
 
 from service.graph import ReceptiveField, describe_layers
-
-MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def test_lenet5_receptive_fields_by_hand() -> None:

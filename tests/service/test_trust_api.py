@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from testkit import MODELS, metric_value, png
+from testkit import MODELS, REPO, metric_value, png, served_version
 
 from model_export.datasets import Split, load_dataset
 from service.app import create_app
 from service.calibration import softmax
 from service.config import Settings
+from service.model_card import load_card
 
 FASHION = ("lenet5-fashion", "vggnet-fashion", "resnet-fashion")
 
@@ -75,7 +76,7 @@ def test_mobilenet_reports_energy_with_no_threshold(client: TestClient) -> None:
     info = client.get("/v1/models/mobilenetv2-imagenet").json()
     assert info["ood"]["method"] == "energy" and info["ood"]["fitted"] is False
     assert "cnnserve calibrate" in info["ood"]["why"]
-    photo = (MODELS.parent / "service" / "static" / "samples" / "chelsea.jpg").read_bytes()
+    photo = (REPO / "service" / "static" / "samples" / "chelsea.jpg").read_bytes()
     verdict = classify(client, "mobilenetv2-imagenet", [photo])[0]["ood"]
     assert verdict["threshold"] is None and verdict["flagged"] is False
     assert verdict["method"] == "energy" and verdict["score"] < 0
@@ -131,7 +132,9 @@ def test_metrics_count_scores_and_flags(client: TestClient, digits: list[bytes])
 def test_model_info_shows_what_is_applied(client: TestClient) -> None:
     for model in FASHION:
         info = client.get(f"/v1/models/{model}").json()
-        assert info["precision"] == "fp32"
+        facts = load_card(MODELS / model / "model.json").version_facts(info["version"])
+        assert info["version"] == served_version(model) and info["precision"] == facts.precision
+        assert info["precision"] == ("fp32" if model == "lenet5-fashion" else "int8")
         assert info["ood"]["fitted"] is True and info["ood"]["method"] == "energy+mahalanobis"
         assert set(info["ood"]["thresholds"]) == {"energy", "mahalanobis"}
         assert "selection" not in info["ood"]  # the fitting's details stay in model.json

@@ -99,7 +99,7 @@ def test_a_new_version_folder_takes_over(
     assert client.get_model_metadata("swapped")["versions"] == ["1", "2"]
     version, logits = _infer(client, "swapped", x)
     assert version == "2"
-    np.testing.assert_array_equal(logits, _infer(client, "resnet-fashion", x)[1])
+    np.testing.assert_array_equal(logits, _infer(client, "resnet-fashion", x, version="1")[1])
     old_version, old_logits = _infer(client, "swapped", x, version="1")
     assert old_version == "1"
     np.testing.assert_array_equal(old_logits, _infer(client, SOURCE, x)[1])
