@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -96,7 +97,7 @@ def test_compose_models_override_mounts_read_only(tmp_path: Path) -> None:
 
 def test_every_port_is_published_on_loopback_by_default() -> None:
     services = _rendered("gpu", "monitoring")["services"]
-    assert set(services) == {"cnnserve", "cnnserve-gpu", "prometheus"}
+    assert set(services) == {"cnnserve", "cnnserve-gpu", "prometheus", "grafana"}
     for name, service in services.items():
         for port in service["ports"]:
             assert port["host_ip"] == "127.0.0.1", name
@@ -123,6 +124,34 @@ def test_gpu_profile_reserves_an_nvidia_device() -> None:
 
 def test_monitoring_profile_scrapes_the_service() -> None:
     prometheus = _rendered("monitoring")["services"]["prometheus"]
-    [config] = [v for v in prometheus["volumes"] if v["target"].endswith("prometheus.yml")]
-    text = Path(config["source"]).read_text()
+    [config] = [v for v in prometheus["volumes"] if v["target"] == "/etc/prometheus"]
+    text = (Path(config["source"]) / "prometheus.yml").read_text()
     assert "cnnserve:8000" in text and "/metrics" in text
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Bind mounts by target, each with its source relative to the repository."""
+    return {
+        v["target"]: {**v, "source": Path(v["source"]).relative_to(ROOT)}
+        for v in service["volumes"]
+        if v["type"] == "bind"
+    }
+
+
+def test_monitoring_profile_loads_the_rules_and_the_dashboard_read_only() -> None:
+    """Prometheus and Grafana read deploy/monitoring/, the files Kubernetes gets too."""
+    services = _rendered("monitoring")["services"]
+    prometheus = _mounts(services["prometheus"])
+    assert prometheus["/etc/prometheus"]["source"] == Path("deploy/monitoring/prometheus")
+    grafana = _mounts(services["grafana"])
+    provisioning = grafana["/etc/grafana/provisioning"]
+    assert provisioning["source"] == Path("deploy/monitoring/grafana/provisioning")
+    providers = ROOT / provisioning["source"] / "dashboards" / "cnnserve.yml"
+    [provider] = yaml.safe_load(providers.read_text())["providers"]
+    dashboards = grafana[provider["options"]["path"]]
+    assert dashboards["source"] == Path("deploy/monitoring/grafana/dashboards")
+    assert (ROOT / dashboards["source"] / "cnnserve.json").is_file()
+    for mount in [*prometheus.values(), *grafana.values()]:
+        assert mount.get("read_only") is True, mount["target"]
+    assert services["grafana"]["profiles"] == ["monitoring"]
