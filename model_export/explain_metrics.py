@@ -17,11 +17,17 @@
   generator, and their biases (the third input of Conv and Gemm, the constant operand of an
   Add right after a MatMul) set to zero. Nothing else changes (the graphs here have their
   batch norms folded into the convolutions, so those are redrawn too).
+- ``log_odds``: a scorer for occlusion that does not saturate (the report's ceiling study).
+
+And the results they make: per image (``ImageResult``) and per model (``ModelResult``, its
+``summary`` of each method against the targets of issue 16).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -31,10 +37,16 @@ from service.explain import Heatmap, fill_values
 from service.model_card import InputSpec
 
 __all__ = [
+    "BEATS_RANDOM_TARGET",
     "FRACTIONS",
+    "SPEARMAN_TARGET",
     "STEPS",
+    "ImageResult",
+    "ModelResult",
     "auc",
+    "ceiling_summary",
     "deletion_curves",
+    "log_odds",
     "random_orders",
     "reinitialised",
     "saliency_order",
@@ -43,6 +55,7 @@ __all__ = [
 ]
 
 STEPS = 20  # 5 % of the pixels at a time
+BEATS_RANDOM_TARGET, SPEARMAN_TARGET = 0.80, 0.5
 FRACTIONS = np.linspace(0.0, 1.0, STEPS + 1)
 
 Scores = Callable[[np.ndarray], np.ndarray]  # a batch of inputs -> probabilities (N, classes)
@@ -102,6 +115,19 @@ def auc(curves: np.ndarray) -> np.ndarray:
     """Area under each curve (last axis) over the fraction removed, by the trapezoid rule."""
     widths = np.diff(FRACTIONS)
     return ((curves[..., 1:] + curves[..., :-1]) / 2 * widths).sum(axis=-1)
+
+
+def log_odds(outputs: np.ndarray, kind: str, target: int) -> np.ndarray:
+    """(N, classes), zero but for the target's column: its log-odds, log p / (1 - p),
+    from the logits (or log-probabilities) so that it does not saturate where the
+    probability rounds to 1."""
+    z = outputs.astype(np.float64) if kind == "logits" else np.log(np.maximum(outputs, 1e-300))
+    others = np.delete(z, target, axis=1)
+    top = others.max(axis=1, keepdims=True)
+    rest = top[:, 0] + np.log(np.exp(others - top).sum(axis=1))
+    odds = np.zeros_like(z)
+    odds[:, target] = z[:, target] - rest
+    return odds
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -167,3 +193,76 @@ def reinitialised(model: onnx.ModelProto, *, seed: int) -> tuple[onnx.ModelProto
         for bias in biases:
             replace(bias, np.zeros(tuple(initializers[bias].dims)))
     return copy, redrawn
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+@dataclass
+class ImageResult:
+    name: str
+    input: np.ndarray  # as the model takes it
+    target: int  # the model's top class
+    label: str
+    probability: float
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # method -> (H, W) in [0, 1]
+    # method, "random" (pixel orders), "shuffled <method>" -> (21,), means over the orders
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    auc: dict[str, float] = field(default_factory=dict)  # the same keys
+    spearman: dict[str, float] = field(default_factory=dict)  # method -> vs random weights
+    random_maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class ModelResult:
+    model: str
+    spec: InputSpec
+    methods: list[str]
+    images: list[ImageResult]
+    redrawn: int  # weight tensors re-initialised in the randomised copy
+    truth: list[int] = field(default_factory=list)  # dataset labels, where known
+    seconds: float = 0.0
+
+    def summary(self, method: str) -> dict[str, Any]:
+        aucs = np.array([r.auc[method] for r in self.images])
+        randoms = np.array([r.auc["random"] for r in self.images])
+        shuffles = np.array([r.auc[f"shuffled {method}"] for r in self.images])
+        rho = np.array([r.spearman[method] for r in self.images if method in r.spearman])
+        defined = rho[~np.isnan(rho)]
+        beats = float(np.mean(aucs < randoms))
+        some = bool(defined.size)
+        return {
+            "images": len(aucs),
+            "auc": float(aucs.mean()),
+            "random_auc": float(randoms.mean()),
+            "beats_random": beats,
+            "deletion_met": beats >= BEATS_RANDOM_TARGET,
+            "shuffled_auc": float(shuffles.mean()),
+            "beats_shuffled": float(np.mean(aucs < shuffles)),
+            "flat_maps": sum(int(np.ptp(r.maps[method]) == 0) for r in self.images),
+            "spearman_images": len(rho),
+            "spearman_undefined": int(np.isnan(rho).sum()),
+            "spearman_mean": float(defined.mean()) if some else None,
+            "spearman_quartiles": np.percentile(defined, [25, 50, 75]).tolist() if some else [],
+            "spearman_below_target": float(np.mean(defined < SPEARMAN_TARGET)) if some else None,
+            "randomisation_met": some and float(defined.mean()) < SPEARMAN_TARGET,
+        }
+
+
+def ceiling_summary(result: ModelResult) -> dict[str, dict[str, Any]]:
+    """Occlusion as served and as the ceiling study varies it, on the images studied."""
+    studied = [i for i in result.images if any(k.startswith("occlusion, ") for k in i.auc)]
+    if not studied:
+        return {}
+    keys = ["occlusion", *(k for k in studied[0].auc if k.startswith("occlusion, "))]
+    randoms = np.array([i.auc["random"] for i in studied])
+    summary = {}
+    for key in keys:
+        aucs = np.array([i.auc[key] for i in studied])
+        summary[key] = {
+            "images": len(studied),
+            "auc": float(aucs.mean()),
+            "random_auc": float(randoms.mean()),
+            "beats_random": float(np.mean(aucs < randoms)),
+        }
+    return summary

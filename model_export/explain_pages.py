@@ -1,11 +1,12 @@
-"""The results of ``make explain-report`` and how they are shown: the tables between the
-markers of docs/explain.md, and the figures under docs/img/explain/ (overlays drawn by the
-service's own ``overlay_png``, laid out and plotted with matplotlib)."""
+"""How ``make explain-report`` shows its results: the tables between the markers of
+docs/explain.md, the figures under docs/img/explain/ (overlays drawn by the service's own
+``overlay_png``, laid out and plotted with matplotlib) and, when asked, JSON."""
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,73 +14,56 @@ import numpy as np
 from PIL import Image
 
 from model_export.datasets import FASHION_LABELS
-from model_export.explain_metrics import FRACTIONS
-from service.model_card import InputSpec
+from model_export.explain_metrics import (
+    BEATS_RANDOM_TARGET,
+    FRACTIONS,
+    SPEARMAN_TARGET,
+    ImageResult,
+    ModelResult,
+    ceiling_summary,
+)
 from service.preprocessing import to_pixels
 from service.visualize import overlay_png
 
-__all__ = [
-    "BEATS_RANDOM_TARGET",
-    "SPEARMAN_TARGET",
-    "ImageResult",
-    "ModelResult",
-    "to_markdown",
-    "write_figures",
-]
+__all__ = ["END", "START", "as_json", "cpu_name", "to_markdown", "write_block", "write_figures"]
 
-BEATS_RANDOM_TARGET, SPEARMAN_TARGET = 0.80, 0.5
+START, END = "<!-- explain-report:start -->", "<!-- explain-report:end -->"
 Cell = tuple[str, np.ndarray | None]  # a picture under its title (None: an empty cell)
 
 
-@dataclass
-class ImageResult:
-    name: str
-    input: np.ndarray  # as the model takes it
-    target: int  # the model's top class
-    label: str
-    probability: float
-    maps: dict[str, np.ndarray] = field(default_factory=dict)  # method -> (H, W) in [0, 1]
-    # method, "random" (pixel orders), "shuffled <method>" -> (21,), means over the orders
-    curves: dict[str, np.ndarray] = field(default_factory=dict)
-    auc: dict[str, float] = field(default_factory=dict)  # the same keys
-    spearman: dict[str, float] = field(default_factory=dict)  # method -> vs random weights
-    random_maps: dict[str, np.ndarray] = field(default_factory=dict)
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
-@dataclass
-class ModelResult:
-    model: str
-    spec: InputSpec
-    methods: list[str]
-    images: list[ImageResult]
-    redrawn: int  # weight tensors re-initialised in the randomised copy
-    truth: list[int] = field(default_factory=list)  # dataset labels, where known
-    seconds: float = 0.0
+def _number(value: float) -> float | None:
+    """JSON has no NaN: an undefined correlation is null."""
+    return None if np.isnan(value) else round(value, 4)
 
-    def summary(self, method: str) -> dict[str, Any]:
-        aucs = np.array([r.auc[method] for r in self.images])
-        randoms = np.array([r.auc["random"] for r in self.images])
-        shuffles = np.array([r.auc[f"shuffled {method}"] for r in self.images])
-        rho = np.array([r.spearman[method] for r in self.images if method in r.spearman])
-        defined = rho[~np.isnan(rho)]
-        beats = float(np.mean(aucs < randoms))
-        some = bool(defined.size)
-        return {
-            "images": len(aucs),
-            "auc": float(aucs.mean()),
-            "random_auc": float(randoms.mean()),
-            "beats_random": beats,
-            "deletion_met": beats >= BEATS_RANDOM_TARGET,
-            "shuffled_auc": float(shuffles.mean()),
-            "beats_shuffled": float(np.mean(aucs < shuffles)),
-            "flat_maps": sum(int(np.ptp(r.maps[method]) == 0) for r in self.images),
-            "spearman_images": len(rho),
-            "spearman_undefined": int(np.isnan(rho).sum()),
-            "spearman_mean": float(defined.mean()) if some else None,
-            "spearman_quartiles": np.percentile(defined, [25, 50, 75]).tolist() if some else [],
-            "spearman_below_target": float(np.mean(defined < SPEARMAN_TARGET)) if some else None,
-            "randomisation_met": some and float(defined.mean()) < SPEARMAN_TARGET,
+
+def as_json(meta: dict[str, Any], results: list[ModelResult]) -> dict[str, Any]:
+    models = {}
+    for r in results:
+        models[r.model] = {
+            "seconds": r.seconds,
+            "weights_redrawn": r.redrawn,
+            "methods": {m: r.summary(m) for m in r.methods},
+            "ceiling": ceiling_summary(r),
         }
+        if not r.truth:  # a few photos: each one
+            models[r.model]["images"] = [
+                {
+                    "name": i.name,
+                    "target": i.label,
+                    "probability": round(i.probability, 4),
+                    "auc": {k: _number(v) for k, v in i.auc.items()},
+                    "spearman": {k: _number(v) for k, v in i.spearman.items()},
+                }
+                for i in r.images
+            ]
+    return {**meta, "models": models}
 
 
 # -- figures ---------------------------------------------------------------------------
@@ -92,6 +76,17 @@ def _pyplot() -> Any:
     from matplotlib import pyplot
 
     return pyplot
+
+
+def _save(fig: Any, path: Path) -> None:
+    """The figure as a 256-colour PNG (dithered): a third of the bytes of a full-colour one
+    of these photos, for a figure committed to the repository."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
+    _pyplot().close(fig)
+    image = Image.open(buffer).convert("RGB")
+    palette = image.quantize(256, method=Image.Quantize.MEDIANCUT)
+    image.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
 
 
 def _overlay(result: ModelResult, image: ImageResult, method: str, *, random: bool) -> Cell:
@@ -125,8 +120,7 @@ def _grid(rows: list[list[Cell]], path: Path, *, inches: float) -> None:
                 ax.imshow(picture, cmap="gray", interpolation="nearest")
                 ax.set_title(title, fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _fashion_rows(fashion: list[ModelResult]) -> list[list[Cell]]:
@@ -162,8 +156,7 @@ def _deletion_plot(results: list[ModelResult], path: Path) -> None:
         ax.legend(title="mean AUC", fontsize=7, title_fontsize=7)
     axes[0][0].set_ylabel("probability of the target (mean)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_figures(results: list[ModelResult], folder: Path, photos: tuple[str, ...]) -> list[str]:
@@ -241,6 +234,21 @@ def _randomisation_table(results: list[ModelResult]) -> list[str]:
     return lines
 
 
+def _ceiling_table(results: list[ModelResult]) -> list[str]:
+    lines = [
+        "| model | occlusion | images | mean AUC | random order: mean AUC | below it |",
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        for key, s in ceiling_summary(r).items():
+            what = "as served" if key == "occlusion" else key.removeprefix("occlusion, ")
+            lines.append(
+                f"| `{r.model}` | {what} | {s['images']} | {s['auc']:.3f} "
+                f"| {s['random_auc']:.3f} | {s['beats_random']:.0%} |"
+            )
+    return lines
+
+
 def _per_image_table(result: ModelResult) -> list[str]:
     methods = result.methods
     lines = [
@@ -286,6 +294,17 @@ def to_markdown(
         *_randomisation_table(results),
         "",
     ]
+    if any(ceiling_summary(r) for r in results):
+        lines += [
+            "**What would move occlusion's deletion AUC** (on the first images of each model: "
+            "occlusion as served, with the defaults and the drop in the target's probability; "
+            "at the finest window a request may ask for, the same at a stride of itself: "
+            "`window=1&stride=1` at 28x28, `window=7&stride=7` at 224x224; and with the drop "
+            "in the target's log-odds, which the service does not offer):",
+            "",
+            *_ceiling_table(results),
+            "",
+        ]
     for r in results:
         if not r.truth:
             lines += [f"**Each photo** (`{r.model}`):", "", *_per_image_table(r), ""]
@@ -304,3 +323,12 @@ def to_markdown(
         ]
     lines += [f"![{Path(f).stem}]({folder}/{f})" for f in figures]
     return "\n".join(lines)
+
+
+def write_block(doc: Path, block: str) -> None:
+    """Put ``block`` between the markers of ``doc`` (a new file: only the markers)."""
+    text = doc.read_text() if doc.is_file() else f"{START}\n{END}\n"
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{doc} has no {START} ... {END} markers")
+    doc.write_text(pattern.sub(lambda _: f"{START}\n{block}\n{END}", text))

@@ -9,8 +9,9 @@ scoring differs: in process, in large batches, instead of through the batcher.
 Measured (``model_export.explain_metrics`` says how): the deletion AUC of each method
 against random orders on Fashion-MNIST test images and on photos; the Spearman correlation
 between the maps of each model and of a copy with re-initialised weights; the two-object
-canvas of tests/service/test_explain.py. The tables go between the ``explain-report``
-markers of docs/explain.md, the figures under docs/img/explain/.
+canvas of tests/service/test_explain.py; and what would move occlusion's AUC (``ceiling``).
+The tables go between the ``explain-report`` markers of docs/explain.md, the figures under
+docs/img/explain/ (``model_export.explain_pages``).
 
     python -m model_export.explain_report [--quick] [--fashion-images 500] [--json out.json]
 """
@@ -22,12 +23,11 @@ import asyncio
 import contextlib
 import io
 import json
+import math
 import os
-import platform
-import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,19 +40,28 @@ from tqdm import tqdm
 
 from model_export.datasets import load_fashion_mnist
 from model_export.explain_metrics import (
+    ImageResult,
+    ModelResult,
     auc,
     deletion_curves,
+    log_odds,
     random_orders,
     reinitialised,
     saliency_order,
     shuffled,
     spearman,
 )
-from model_export.explain_pages import ImageResult, ModelResult, to_markdown, write_figures
+from model_export.explain_pages import (
+    as_json,
+    cpu_name,
+    to_markdown,
+    write_block,
+    write_figures,
+)
 from model_export.photos import photo_paths
 from service.batching import Batcher
 from service.config import Settings
-from service.explain import METHODS, Heatmap, Subject
+from service.explain import MAX_OCCLUDED, METHODS, Heatmap, Subject
 from service.explainer import cam_grid, supported_methods
 from service.head import Head
 from service.model_card import InputSpec, load_card
@@ -63,7 +72,6 @@ from service.runtime import ModelRuntime, SessionConfig, usable_cores
 
 __all__ = ["Local", "evaluate", "main", "measure", "two_objects"]
 
-START, END = "<!-- explain-report:start -->", "<!-- explain-report:end -->"
 FASHION = ("lenet5-fashion", "vggnet-fashion", "resnet-fashion")
 MOBILENET = "mobilenetv2-imagenet"
 SAMPLES = Path(__file__).resolve().parent.parent / "service" / "static" / "samples"
@@ -71,6 +79,7 @@ SAMPLE_PHOTOS = ("chelsea", "coffee", "motorcycle")
 DUPLICATES = frozenset({"motorcycle_left"})  # the sample motorcycle's source
 SEED = 0
 TWO_OBJECTS = ("Egyptian cat", "espresso")
+CEILING = {"log-odds": (False, True), "finest": (True, False), "finest, log-odds": (True, True)}
 
 
 class Local:
@@ -93,18 +102,30 @@ class Local:
     def close(self) -> None:
         self.version.batcher.close()
 
-    def scores(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, classes), as the data plane computes them."""
+    def outputs(self, batch: np.ndarray) -> np.ndarray:
         runtime = self.version.runtime
         step = self.chunk
-        outputs = [runtime.infer(batch[i : i + step]) for i in range(0, len(batch), step)]
-        return probabilities(np.concatenate(outputs), runtime.card.output_kind)
+        return np.concatenate(
+            [runtime.infer(batch[i : i + step]) for i in range(0, len(batch), step)]
+        )
+
+    def scores(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes), as the data plane computes them."""
+        return probabilities(self.outputs(batch), self.version.runtime.card.output_kind)
 
     def explain(
-        self, method: str, input_: np.ndarray, target: int | None = None
+        self,
+        method: str,
+        input_: np.ndarray,
+        target: int | None = None,
+        *,
+        query: Mapping[str, str | None] | None = None,
+        odds: bool = False,
     ) -> tuple[Heatmap, int]:
         """The method's heatmap and its target (None: the top class), from a ``Subject``
-        made as ``service.explainer.Explainer._subject`` makes it, with default parameters."""
+        made as ``service.explainer.Explainer._subject`` makes it; ``query``: parameters
+        as a request gives them (default: none). ``odds``: the subject's scores are the
+        target's log-odds, not its probability (what the service does not do)."""
         runtime = self.version.runtime
         maps: np.ndarray | None = None
         if METHODS[method].needs_cam:
@@ -113,26 +134,27 @@ class Local:
         else:
             probs = self.scores(input_[None])[0]
         chosen = int(np.argmax(probs)) if target is None else target
-        head = runtime.head
+        head, kind = runtime.head, runtime.card.output_kind
 
         async def cam() -> tuple[np.ndarray, np.ndarray]:
             assert isinstance(head, Head) and maps is not None
             return head.weights, maps
 
         async def scores(batch: np.ndarray) -> np.ndarray:
-            return self.scores(batch)
+            return log_odds(self.outputs(batch), kind, chosen) if odds else self.scores(batch)
 
+        start = log_odds(self.outputs(input_[None]), kind, chosen)[0] if odds else probs
         subject = Subject(
             input=input_,
             spec=self.spec,
             target=chosen,
-            probability=float(probs[chosen]),
+            probability=float(start[chosen]),
             scores=scores,
             chunk=self.chunk,
             cam=cam if maps is not None else None,
             cam_grid=cam_grid(self.version),
         )
-        parameters = METHODS[method].parameters(self.spec, {})
+        parameters = METHODS[method].parameters(self.spec, query or {})
 
         async def run() -> Heatmap:
             return await METHODS[method].run(subject, parameters)
@@ -209,6 +231,31 @@ def evaluate(
     return results
 
 
+def _finest(spec: InputSpec) -> dict[str, str | None]:
+    """The smallest square window, at a stride of itself, whose copies a request may ask
+    for (``service.explain.MAX_OCCLUDED``): 1 pixel at 28x28, 7 at 224x224."""
+    side = math.ceil(math.sqrt(spec.size[0] * spec.size[1] / MAX_OCCLUDED))
+    return {"window": str(side), "stride": str(side)}
+
+
+def ceiling(model: Local, images: list[ImageResult]) -> None:
+    """What would move occlusion's deletion AUC: occlusion at the finest window a request
+    may ask for, on the target's log-odds instead of its probability (a change to the
+    service), and both; scored like the rest (keys ``occlusion, <variant>``)."""
+    spec = model.spec
+    for index, image in enumerate(tqdm(images, desc=f"{model.name}, ceiling", unit="image")):
+        rng = np.random.default_rng((SEED, index, 1))
+        orders = []
+        for finest, odds in CEILING.values():
+            query = _finest(spec) if finest else None
+            heat, _ = model.explain("occlusion", image.input, image.target, query=query, odds=odds)
+            orders.append(saliency_order(heat.pixels(spec.size), rng))
+        curves = deletion_curves(model.scores, image.input, spec, image.target, orders)
+        for i, (variant, area) in enumerate(zip(CEILING, auc(curves), strict=True)):
+            image.curves[f"occlusion, {variant}"] = curves[i]
+            image.auc[f"occlusion, {variant}"] = float(area)
+
+
 def _photo_inputs(spec: InputSpec, count: int) -> list[tuple[str, np.ndarray]]:
     """The service's three sample photos, then the other photos packages ship."""
     paths = {name: SAMPLES / f"{name}.jpg" for name in SAMPLE_PHOTOS}
@@ -262,11 +309,13 @@ def measure(
     photos: int,
     orders: int,
     randomise: int,
+    ceiling_images: int = 0,
     threads: int = 0,
 ) -> tuple[dict[str, Any], list[ModelResult]]:
     """Every figure of the report: its circumstances, and the results of each model.
     ``randomise``: how many of the Fashion-MNIST images also go through the re-initialised
-    copy (every photo does)."""
+    copy (every photo does); ``ceiling_images``: how many go through ``ceiling`` (at most
+    the three sample photos)."""
     started = time.monotonic()
     results: list[ModelResult] = []
     masses: dict[str, dict[str, float]] = {}
@@ -277,15 +326,17 @@ def measure(
                 inputs, truth = _photo_inputs(model.spec, photos), list[int]()
                 images = evaluate(model, random, inputs, orders=orders, randomise=len(inputs))
                 masses = two_objects(model)
+                ceiling(model, images[: min(ceiling_images, len(SAMPLE_PHOTOS))])
             else:
                 inputs, truth = _fashion_inputs(model.spec, fashion_images)
                 images = evaluate(model, random, inputs, orders=orders, randomise=randomise)
+                ceiling(model, images[:ceiling_images])
             result = ModelResult(name, model.spec, model.methods, images, redrawn, truth)
         result.seconds = round(time.monotonic() - began, 1)
         results.append(result)
     meta = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{_cpu()}, {usable_cores()} cores",
+        "machine": f"{cpu_name()}, {usable_cores()} cores",
         "onnxruntime": ort.__version__,
         "threads": f"{threads or usable_cores()} intra-op threads",
         "orders": orders,
@@ -296,67 +347,26 @@ def measure(
     return meta, results
 
 
-def _cpu() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
-
-
-def _number(value: float) -> float | None:
-    """JSON has no NaN: an undefined correlation is null."""
-    return None if np.isnan(value) else round(value, 4)
-
-
-def _as_json(meta: dict[str, Any], results: list[ModelResult]) -> dict[str, Any]:
-    models = {}
-    for r in results:
-        models[r.model] = {
-            "seconds": r.seconds,
-            "weights_redrawn": r.redrawn,
-            "methods": {m: r.summary(m) for m in r.methods},
-        }
-        if not r.truth:  # a few photos: each one
-            models[r.model]["images"] = [
-                {
-                    "name": i.name,
-                    "target": i.label,
-                    "probability": round(i.probability, 4),
-                    "auc": {k: _number(v) for k, v in i.auc.items()},
-                    "spearman": {k: _number(v) for k, v in i.spearman.items()},
-                }
-                for i in r.images
-            ]
-    return {**meta, "models": models}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=Path("models"))
     models = (*FASHION, MOBILENET)
     parser.add_argument("--models", nargs="+", default=list(models), choices=models)
     parser.add_argument("--fashion-images", type=int, default=500, help="per Fashion model")
-    parser.add_argument(
-        "--randomise",
-        type=int,
-        default=500,
-        help="of the Fashion images, how many the randomised copy explains",
-    )
+    parser.add_argument("--randomise", type=int, default=500, help="of those, re-explained")
     parser.add_argument("--photos", type=int, default=10, help="at most (MobileNetV2)")
+    parser.add_argument("--ceiling", type=int, default=50, help="of those, occlusion varied")
     parser.add_argument("--orders", type=int, default=3, help="random orders per image")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime's; 0: all cores")
     parser.add_argument("--doc", type=Path, default=Path("docs/explain.md"))
     parser.add_argument("--images-dir", type=Path, default=Path("docs/img/explain"))
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="at most 12 Fashion images, 1 photo, 2 random orders: a smoke run",
-    )
+    parser.add_argument("--quick", action="store_true", help="a few images: a smoke run")
     args = parser.parse_args(argv)
     if args.quick:  # at most this much; fewer when asked
         args.fashion_images, args.randomise = min(args.fashion_images, 12), min(args.randomise, 12)
         args.photos, args.orders = min(args.photos, 1), min(args.orders, 2)
+        args.ceiling = min(args.ceiling, 2)
     meta, results = measure(
         args.model_dir,
         models=tuple(args.models),
@@ -364,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         photos=args.photos,
         orders=args.orders,
         randomise=args.randomise,
+        ceiling_images=args.ceiling,
         threads=args.threads,
     )
     meta["command"] = (
@@ -374,12 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     block = to_markdown(meta, results, figures, folder)
     print(block)
     if args.json:
-        args.json.write_text(json.dumps(_as_json(meta, results), indent=1) + "\n")
-    text = args.doc.read_text() if args.doc.is_file() else f"{START}\n{END}\n"
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{args.doc} has no {START} ... {END} markers")
-    args.doc.write_text(pattern.sub(lambda _: f"{START}\n{block}\n{END}", text))
+        args.json.write_text(json.dumps(as_json(meta, results), indent=1) + "\n")
+    write_block(args.doc, block)
 
 
 if __name__ == "__main__":

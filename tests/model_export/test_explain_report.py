@@ -29,7 +29,8 @@ from model_export.explain_metrics import (
     shuffled,
     spearman,
 )
-from model_export.explain_report import END, START, Local, main
+from model_export.explain_pages import END, START
+from model_export.explain_report import Local, main
 from service.app import create_app
 from service.config import Settings
 from service.explain import Grid, Heatmap
