@@ -117,11 +117,14 @@ def auc(curves: np.ndarray) -> np.ndarray:
     return ((curves[..., 1:] + curves[..., :-1]) / 2 * widths).sum(axis=-1)
 
 
-def log_odds(outputs: np.ndarray, kind: str, target: int) -> np.ndarray:
-    """(N, classes), zero but for the target's column: its log-odds, log p / (1 - p),
-    from the logits (or log-probabilities) so that it does not saturate where the
-    probability rounds to 1."""
+def log_odds(
+    outputs: np.ndarray, kind: str, target: int, *, temperature: float = 1.0
+) -> np.ndarray:
+    """(N, classes), zero but for the target's column: its log-odds, log p / (1 - p) of
+    the probabilities at ``temperature``, from the logits (or log-probabilities) so that it
+    does not saturate where the probability rounds to 1."""
     z = outputs.astype(np.float64) if kind == "logits" else np.log(np.maximum(outputs, 1e-300))
+    z = z / temperature
     others = np.delete(z, target, axis=1)
     top = others.max(axis=1, keepdims=True)
     rest = top[:, 0] + np.log(np.exp(others - top).sum(axis=1))

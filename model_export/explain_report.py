@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -65,7 +66,6 @@ from service.explain import MAX_OCCLUDED, METHODS, Heatmap, Subject
 from service.explainer import cam_grid, supported_methods
 from service.head import Head
 from service.model_card import InputSpec, load_card
-from service.postprocess import probabilities
 from service.preprocessing import preprocess, to_tensor
 from service.repository import ModelVersion
 from service.runtime import ModelRuntime, SessionConfig, usable_cores
@@ -103,15 +103,16 @@ class Local:
         self.version.batcher.close()
 
     def outputs(self, batch: np.ndarray) -> np.ndarray:
+        """The model's class scores (its first output) for a batch of its input."""
         runtime = self.version.runtime
         step = self.chunk
         return np.concatenate(
-            [runtime.infer(batch[i : i + step]) for i in range(0, len(batch), step)]
+            [runtime.infer(batch[i : i + step])[0] for i in range(0, len(batch), step)]
         )
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, classes), as the data plane computes them."""
-        return probabilities(self.outputs(batch), self.version.runtime.card.output_kind)
+        """Class probabilities (N, classes), calibrated as the data plane's are."""
+        return self.version.runtime.trust.probabilities(self.outputs(batch))
 
     def explain(
         self,
@@ -130,20 +131,23 @@ class Local:
         maps: np.ndarray | None = None
         if METHODS[method].needs_cam:
             raw, maps = runtime.cam_features(input_)
-            probs = probabilities(raw[None], runtime.card.output_kind)[0]
+            probs = runtime.trust.probabilities(raw[None])[0]
         else:
             probs = self.scores(input_[None])[0]
         chosen = int(np.argmax(probs)) if target is None else target
-        head, kind = runtime.head, runtime.card.output_kind
+        head, kind, temperature = runtime.head, runtime.card.output_kind, runtime.trust.temperature
+
+        def odds_of(batch: np.ndarray) -> np.ndarray:
+            return log_odds(self.outputs(batch), kind, chosen, temperature=temperature)
 
         async def cam() -> tuple[np.ndarray, np.ndarray]:
             assert isinstance(head, Head) and maps is not None
             return head.weights, maps
 
         async def scores(batch: np.ndarray) -> np.ndarray:
-            return log_odds(self.outputs(batch), kind, chosen) if odds else self.scores(batch)
+            return odds_of(batch) if odds else self.scores(batch)
 
-        start = log_odds(self.outputs(input_[None]), kind, chosen)[0] if odds else probs
+        start = odds_of(input_[None])[0] if odds else probs
         subject = Subject(
             input=input_,
             spec=self.spec,
@@ -169,6 +173,9 @@ def _pair(model_dir: Path, name: str, *, threads: int) -> Iterator[tuple[Local, 
     proto, redrawn = reinitialised(onnx.load(str(path)), seed=SEED)
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        for companion in path.parent.iterdir():  # what the card names beside it (ood.npz)
+            if companion.is_file() and companion.name != path.name:
+                shutil.copy(companion, folder / companion.name)
         onnx.save(proto, str(folder / "model.onnx"))
         model = Local(path, card, threads=threads)
         stack.callback(model.close)
