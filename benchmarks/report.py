@@ -192,6 +192,17 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
             f"{memory['requests']:,} requests, {memory['errors']} errors.",
             "",
         ]
+    explain_path = path.with_name("explain.json")
+    if explain_path.is_file():  # benchmarks/explain.py
+        explain = json.loads(explain_path.read_text())
+        lines += [
+            "## Explanations (`make bench-explain`; details in [explain.md](explain.md))",
+            "",
+            "| target | measured | |",
+            "|---|---|---|",
+            *(f"| {t} | {m} | {v} |" for t, m, v in explain.get("targets", [])),
+            "",
+        ]
     if report.get("failures"):
         lines += ["## Failures", "", *(f"- {f}" for f in report["failures"]), ""]
     path.write_text("\n".join(lines))

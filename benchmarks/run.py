@@ -4,7 +4,8 @@ One core for the server (``taskset -c 0``) and the other for wrk (``taskset -c 1
 server classifies the same PNG with the same model file at concurrency 1, 8, 32 and 64, and
 the in-process ONNX Runtime limit is measured on the same core. A second table gives both
 cores to the servers (wrk then shares one of them). Results: ``bench.json`` and the tables
-in ``README.md``; server logs under ``results/raw/``.
+in ``README.md``; server logs under ``results/raw/``. Last, what explanations cost
+(``benchmarks.explain``: ``explain.json`` and ``explain.md``).
 
     python -m benchmarks.run [--duration 6] [--warmup 1] [--quick] [--only cnnserve]
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.ab import interleave
+from benchmarks.explain import main as explain_main
 from benchmarks.inputs import MODELS, RAMP_MS, REPO, image_path
 from benchmarks.report import write_report
 from benchmarks.servers import ServerSpec, check_answer, running
@@ -233,7 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--only", nargs="+", help="server labels to run (default: all)")
-    parser.add_argument("--tables", nargs="+", default=["batching-c1", "one-core", "two-cores"])
+    parser.add_argument(
+        "--tables", nargs="+", default=["batching-c1", "one-core", "two-cores", "explain"]
+    )
     parser.add_argument("--quick", action="store_true", help="2 s cells, no warm-up: a smoke run")
     parser.add_argument("--output", type=Path, default=RESULTS / "bench.json")
     parser.add_argument(
@@ -278,6 +282,9 @@ def main(argv: list[str] | None = None) -> None:
                     report.setdefault("failures", []).append(f"{table} {spec.label} {model}: {exc}")
                 report["cells"] = [asdict(c) for c in cells]
                 args.output.write_text(json.dumps(report, indent=1) + "\n")
+    if "explain" in args.tables:
+        _log("explanations: benchmarks/explain.py")
+        explain_main(["--quick"] if args.quick else [])
     report["metadata"]["load_average_at_end"] = os.getloadavg()
     report["metadata"]["wall_s"] = round(time.monotonic() - started)
     args.output.write_text(json.dumps(report, indent=1) + "\n")

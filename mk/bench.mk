@@ -7,6 +7,8 @@
 #   make bench-memory   cnnserve's RSS over 5 minutes at concurrency 64
 #   make bench-profile  py-spy: where one request's time goes, before and after issue 10
 #   make bench-ab       the side-by-side runs of docs/performance.md (benchmarks/side_by_side.sh)
+#   make bench-explain  what explanations cost (benchmarks/explain.py; also the last part of
+#                       make bench), ~2 minutes: results/explain.json and explain.md
 #
 # Run them on a quiet machine: the server is pinned to core 0 and wrk to core 1, but nothing
 # stops other processes from using those cores (results/README.md records the load average).
@@ -14,7 +16,7 @@
 BENCH_ARGS ?=
 BENCH_STAMP := $(VENV)/.stamp-bench
 
-.PHONY: bench bench-memory bench-profile bench-ab bench-deps
+.PHONY: bench bench-memory bench-profile bench-ab bench-explain bench-deps
 
 # litserve (the bench extra) and py-spy; wrk from Debian.
 $(BENCH_STAMP): pyproject.toml $(VENV)/.stamp-dev
@@ -33,6 +35,9 @@ bench-memory: bench-deps
 
 bench-profile: bench-deps
 	$(BIN)/python -m benchmarks.profile $(BENCH_ARGS)
+
+bench-explain: bench-deps
+	$(BIN)/python -m benchmarks.explain $(BENCH_ARGS)
 
 bench-ab: bench-deps
 	PY=$(BIN)/python benchmarks/side_by_side.sh
