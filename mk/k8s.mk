@@ -1,6 +1,9 @@
 # Kubernetes and KServe manifests under deploy/ (docs/scaling.md). No cluster runs here:
 # `kubectl kustomize` renders them and tests/deploy validates what it prints.
 #
+#   make k8s-check      render every overlay and example, validate strictly, check invariants
+#   make k8s-render     print what `kubectl apply -k` would send, one overlay after the other
+#
 # Debian's kubernetes-client (kubectl 1.20 with kustomize 2.0.3) where no kubectl is on
 # PATH; a newer kubectl already installed is kept, since installing the package would
 # replace it. The manifests render the same with both.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -83,6 +83,30 @@ def train(
     )
 
 
+def _echo_written(summary: dict[str, Any]) -> None:
+    """Print what was written (JSON on stdout) and say on stderr which version requests that
+    name none will get: a new version is not served by default when model.json pins another
+    (``default_version``), and a running server serves it only once it loads it again."""
+    from model_export.repository import served_default
+
+    root = Path(summary["path"]).parent.parent
+    name, version, default = root.name, summary["version"], served_default(root)
+    typer.echo(json.dumps(summary | {"served_by_default": default == version}))
+    if default != version:
+        typer.echo(
+            f"note: {name} version {version} written; requests naming no version still get "
+            f"version {default} (model.json's default_version): ask for ?version={version}, "
+            "or change default_version",
+            err=True,
+        )
+    elif version != "1":
+        typer.echo(
+            f"note: {name} version {version} is now the one requests naming no version get, "
+            f"once the server loads it (a restart, or POST /v2/repository/models/{name}/load)",
+            err=True,
+        )
+
+
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a run folder written by `cnnserve train`")],
     name: Annotated[str, typer.Option(help="model name in the repository")],
@@ -109,7 +133,7 @@ def export(
         )
     except ExportPipelineError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(json.dumps(result.to_json()))
+    _echo_written(result.to_json())
 
 
 def calibrate(
@@ -197,7 +221,7 @@ def import_pretrained(
         result = run_import(name, model_dir=model_dir or default_model_dir())
     except ExportPipelineError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(json.dumps(result.to_json()))
+    _echo_written(result.to_json())
 
 
 def import_onnx(
@@ -244,7 +268,7 @@ def import_onnx(
         )
     except ExportPipelineError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(json.dumps(result))
+    _echo_written(result)
 
 
 def quantize(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 from pathlib import Path
@@ -71,6 +72,7 @@ def measure(model_dir: Path, *, runs: int = 200, runs_batch32: int = 25) -> list
         channels = 1 if spec["color_mode"] == "L" else 3
         latency = _latencies(paths, [channels, *spec["size"]], runs=runs, runs_batch32=runs_batch32)
         for version, onnx_path in paths.items():
+            ece = card.get("versions", {}).get(version, {}).get("calibration", {}).get("ece", {})
             accuracy = None
             if card.get("dataset") == "fashion-mnist":
                 accuracy = fashion_accuracy(onnx_path, spec["mean"][0], spec["std"][0])
@@ -86,6 +88,7 @@ def measure(model_dir: Path, *, runs: int = 200, runs_batch32: int = 25) -> list
                     "onnx_bytes": onnx_path.stat().st_size,
                     "cpu_ms_per_image": latency[version][1],
                     "cpu_ms_per_image_batch32": latency[version][32],
+                    "ece_test": ece.get("test"),  # {"before": raw softmax, "after": calibrated}
                 }
             )
     return rows
@@ -96,24 +99,39 @@ def _size(onnx_bytes: int) -> str:
     return f"{kib:.0f} KiB" if kib < 1024 else f"{kib / 1024:.1f} MiB"
 
 
-def to_markdown(rows: list[dict[str, Any]]) -> str:
+def _ece(figures: dict[str, float] | None) -> str:
+    if not figures:
+        return "—"
+    return f"{figures['before']:.3f} → {figures['after']:.3f}"
+
+
+def to_markdown(rows: list[dict[str, Any]], *, load: float | None = None) -> str:
+    """The table and how it was measured. Any model the repository can hold has a row:
+    a figure model.json lacks (parameters of an imported model, a calibration) is "—"."""
     lines = [
         "| model | version | precision | dataset | test accuracy (10k, ONNX Runtime) "
-        "| parameters | ONNX size | CPU latency / image, batch 1 | batch 32 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| ECE (test): softmax → calibrated | parameters | ONNX size "
+        "| CPU latency / image, batch 1 | batch 32 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         accuracy = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "—"
+        parameters = f"{r['parameters']:,}" if isinstance(r["parameters"], int) else "—"
         lines.append(
-            f"| `{r['name']}` | {r['version']} | {str(r['precision']).upper()} | {r['dataset']} "
-            f"| {accuracy} | {r['parameters']:,} | {_size(r['onnx_bytes'])} "
-            f"| {r['cpu_ms_per_image']:.2f} ms | {r['cpu_ms_per_image_batch32']:.2f} ms |"
+            f"| `{r['name']}` | {r['version']} | {str(r['precision']).upper()} "
+            f"| {r['dataset'] or '—'} | {accuracy} | {_ece(r.get('ece_test'))} | {parameters} "
+            f"| {_size(r['onnx_bytes'])} | {r['cpu_ms_per_image']:.2f} ms "
+            f"| {r['cpu_ms_per_image_batch32']:.2f} ms |"
         )
     lines.append("")
+    where = f"{platform.processor() or platform.machine()} ({platform.system()})"
+    quiet = f", load average {load:.1f} when it started" if load is not None else ""
     lines.append(
-        f"Measured by `make models-report` on {platform.processor() or platform.machine()}"
-        f" ({platform.system()}), ONNX Runtime {ort.__version__}, one CPU thread, median of "
-        "200 runs at batch 1 and 25 at batch 32, the versions of a model timed in turn. INT8 "
+        f"Measured by `make models-report` on {where}{quiet}, ONNX Runtime {ort.__version__}, "
+        "one CPU thread, median of 200 runs at batch 1 and 25 at batch 32, the versions of a "
+        "model timed in turn; on a busy machine latencies rise (run it on a quiet one). ECE: "
+        "expected calibration error over 15 bins on the test set, with the raw softmax and with "
+        "the temperature the service applies (`cnnserve calibrate`, docs/trust.md). INT8 "
         "versions come from `cnnserve quantize` (static QDQ quantization; how, and what it was "
         "measured to cost, in the model's model.json under `versions`)."
     )
@@ -126,8 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--readme", type=Path, help="update the table in this file")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
     rows = measure(args.model_dir)
-    table = to_markdown(rows)
+    table = to_markdown(rows, load=load)
     print(table)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

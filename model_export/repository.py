@@ -72,17 +72,21 @@ def to_pbtxt(config: dict[str, Any]) -> str:
 
 def write_model_files(model_root: Path, card: ModelCard | dict[str, Any]) -> ModelCard:
     """Write model.json, labels.txt and config.pbtxt beside the version folders. Facts about
-    versions already in model.json (``versions``) are kept unless ``card`` restates them."""
+    versions already in model.json (``versions``) are kept unless ``card`` restates them, and
+    so is its ``default_version``."""
     card = card if isinstance(card, ModelCard) else ModelCard.model_validate(card)
     model_root.mkdir(parents=True, exist_ok=True)
     path = model_root / "model.json"
     document = card.model_dump(mode="json", exclude_defaults=False)
     if path.is_file():
         try:
-            before = json.loads(path.read_text()).get("versions") or {}
+            previous = json.loads(path.read_text())
+            before, pinned = previous.get("versions") or {}, previous.get("default_version")
         except (ValueError, AttributeError):
-            before = {}
+            before, pinned = {}, None
         document["versions"] = before | document.get("versions", {})
+        if document.get("default_version") is None and pinned is not None:
+            document["default_version"] = pinned  # a pinned default stays until changed
     if not document.get("versions"):
         document.pop("versions", None)
     path.write_text(json.dumps(document, indent=2) + "\n")

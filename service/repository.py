@@ -19,6 +19,7 @@ kept 2.4 GB).
 from __future__ import annotations
 
 import enum
+import functools
 import gc
 import logging
 import math
@@ -134,6 +135,17 @@ def _versions(root: Path) -> list[Path]:
     )
 
 
+@functools.cache
+def _report_cpu(reason: str, gpu_present: bool) -> None:
+    """Say once per process why ``auto`` runs models on the CPU: expected where no GPU exists
+    (info), a problem where one does (warning). /health/ready and the metrics say it per
+    model."""
+    if gpu_present:
+        log.warning("a GPU is present, but models run on CPU: %s", reason)
+    else:
+        log.info("no GPU on this machine: models run on CPU (%s)", reason)
+
+
 class ModelRepository:
     """Loads, serves and swaps the models of one folder. Thread-safe."""
 
@@ -220,12 +232,7 @@ class ModelRepository:
                 log.error("model %s version %s unavailable: %s", name, folder.name, exc)
                 continue
             if runtime.placement.fallback_reason:
-                log.warning(
-                    "model %s version %s runs on CPU: %s",
-                    name,
-                    folder.name,
-                    runtime.placement.fallback_reason,
-                )
+                _report_cpu(runtime.placement.fallback_reason, runtime.placement.gpu_present)
             entry.versions[folder.name] = ModelVersion(
                 folder.name, runtime, self._batcher(runtime, f"{name}/{folder.name}")
             )

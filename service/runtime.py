@@ -32,6 +32,7 @@ __all__ = [
     "Placement",
     "SessionConfig",
     "create_session",
+    "gpu_present",
     "usable_cores",
 ]
 
@@ -59,6 +60,7 @@ class Placement:
 
     providers: tuple[str, ...]
     fallback_reason: str | None = None
+    gpu_present: bool = False  # an NVIDIA GPU on this machine (CPU was not the plan)
 
     @property
     def device(self) -> str:
@@ -133,7 +135,13 @@ def create_session(
     if config.providers == "cuda":
         raise ModelLoadError(f"CNNSERVE_PROVIDERS=cuda, but {reason}")
     session = ort.InferenceSession(model, options, providers=[CPU])
-    return session, Placement((CPU,), fallback_reason=reason)
+    return session, Placement((CPU,), fallback_reason=reason, gpu_present=gpu_present())
+
+
+@functools.cache
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU (its driver lists one), used or not."""
+    return Path("/dev/nvidia0").exists() or any(Path("/proc/driver/nvidia/gpus").glob("*"))
 
 
 def _with_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
@@ -219,11 +227,14 @@ class ModelRuntime:
         """The input's shape with -1 for dynamic axes."""
         return [d if isinstance(d, int) else -1 for d in self.input.shape]
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run the model on a batch of its input (``card.input.shape(n)``): its first output
-        (the class scores), then the layer outputs ``trust`` reads."""
+        (the class scores), then each row's out-of-distribution score and which methods
+        fired (``VersionTrust.summarise``: from layer outputs of the same run, once per
+        batch)."""
         names = [self.output.name, *self.trust.outputs]
-        return tuple(self.session.run(names, {self.input.name: batch}))
+        scores, *features = self.session.run(names, {self.input.name: batch})
+        return scores, *self.trust.summarise(scores, tuple(features))
 
     def warm_up(self) -> None:
         spec = self.card.input

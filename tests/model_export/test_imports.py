@@ -11,10 +11,12 @@ from pathlib import Path
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from testkit import CNNSERVE
 
 from model_export.errors import ImportModelError
 from model_export.onnx_import import ImportSpec, import_onnx_model
 from model_export.pretrained import import_pretrained
+from model_export.repository import set_default_version
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 LENET = MODELS / "lenet5-fashion" / "1" / "model.onnx"
@@ -169,6 +171,31 @@ def test_import_onnx_needs_no_photo_package_and_writes_where_the_server_reads(
         env={**os.environ, "CNNSERVE_MODEL_DIR": str(served)},
     )
     assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["served_by_default"] is True
     assert json.loads(result.stdout)["version"] == "1"
     assert (served / "lenet-served" / "1" / "model.onnx").is_file()
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_a_new_version_says_whether_it_is_served_by_default(
+    tmp_path: Path, labels10: Path, pinned: bool
+) -> None:
+    """A second import becomes the default (the highest) unless model.json pins another,
+    and the command says which (issue #21: it used to change what serves without a word)."""
+    args = [str(LENET), "--name", "twice", "--labels", str(labels10), "--color", "grey"]
+    args += ["--mean", "0.2863", "--std", "0.3532", "--resize", "stretch"]
+    args += ["--model-dir", str(tmp_path)]
+    cli = [str(CNNSERVE), "import-onnx", *args]
+    assert subprocess.run(cli, capture_output=True, timeout=120).returncode == 0
+    if pinned:
+        set_default_version(tmp_path / "twice", "1")
+    second = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    summary = json.loads(second.stdout)
+    assert summary["version"] == "2" and summary["served_by_default"] is not pinned
+    if pinned:
+        assert "requests naming no version still get version 1" in second.stderr
+        assert json.loads((tmp_path / "twice" / "model.json").read_text())["default_version"] == "1"
+    else:
+        assert "version 2 is now the one requests naming no version get" in second.stderr
