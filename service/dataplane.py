@@ -223,13 +223,13 @@ class DataPlane:
                 minimum=1,
                 maximum=classes,
             )
-        served, (scores, *features) = await self._current(
+        served, (scores, ood_score, fired) = await self._current(
             model, version, functools.partial(self.run_images, images=images)
         )
         tracing.annotate(model=served.runtime.name, version=served.version, images=len(images))
         trust = served.runtime.trust
         with tracing.span("postprocess"):
-            verdicts = trust.assess(scores, tuple(features))
+            verdicts = trust.verdicts(ood_score, fired)
             chances = trust.probabilities(scores, calibrated=calibrated)
             indices, values = (a.tolist() for a in top_k(chances, k))  # Python numbers
         self.metrics.observe_ood(served.runtime.name, verdicts)

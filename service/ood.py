@@ -233,6 +233,7 @@ class OodAssessment:
     flagged: np.ndarray  # (N,) bool
     fired: list[list[str]]  # per image, the methods past their own thresholds
     method_scores: dict[str, np.ndarray]
+    past: np.ndarray  # (N, methods) bool: ``fired`` as an array, methods in detector order
 
     def verdict(self, index: int) -> dict[str, Any]:
         """The response's ``ood`` object for image ``index`` (Python numbers)."""
@@ -293,8 +294,9 @@ class OodDetector:
             first = self.methods[0]
             n = len(scores[first.name])
             nothing: list[list[str]] = [[] for _ in range(n)]
+            none_past = np.zeros((n, len(self.methods)), bool)
             return OodAssessment(
-                self.name, scores[first.name], None, np.zeros(n, bool), nothing, scores
+                self.name, scores[first.name], None, np.zeros(n, bool), nothing, scores, none_past
             )
         limits = [(m.name, m.center, float(m.threshold or 0.0)) for m in self.methods]
         past = np.stack([scores[name] > t for name, _, t in limits], axis=1)
@@ -302,5 +304,5 @@ class OodDetector:
         names = [m.name for m in self.methods]
         fired = [[n for n, hit in zip(names, row, strict=True) if hit] for row in past.tolist()]
         return OodAssessment(
-            self.name, rescaled.max(axis=1), 1.0, np.asarray(past.any(axis=1)), fired, scores
+            self.name, rescaled.max(axis=1), 1.0, np.asarray(past.any(axis=1)), fired, scores, past
         )

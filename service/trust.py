@@ -63,21 +63,41 @@ class VersionTrust:
         """The model's scores as probabilities: tempered unless ``calibrated`` is False."""
         return probabilities(scores, self.kind, self.temperature if calibrated else 1.0)
 
-    def assess(self, scores: np.ndarray, features: tuple[np.ndarray, ...]) -> list[Verdict]:
-        """Each row's verdict, from the model's scores and the layer outputs (``outputs``)."""
-        if self.kind == "probabilities" and not self.detector.fitted:
-            score = max_softmax_score(np.log(np.clip(scores, 1e-300, None)))
-            return [
-                {"score": float(s), "threshold": None, "flagged": False, "method": "msp"}
-                for s in score
-            ]
-        named = dict(zip(self.outputs, features, strict=True))
-        assessment = self.detector.assess(scores, named)
-        verdicts = []
-        for i in range(len(scores)):
-            verdict = assessment.verdict(i)
-            fired = verdict.pop("fired")
-            if fired:  # which method(s) said so
-                verdict["method"] = "+".join(fired)
-            verdicts.append(verdict)
+    def summarise(
+        self, scores: np.ndarray, features: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A batch's out-of-distribution score (N,) and which methods fired (N, methods),
+        from the model's scores and the layer outputs (``outputs``): computed once per batch
+        in the inference thread (``ModelRuntime.infer``), vectorised over its rows; each
+        request then reads its rows (``verdicts``)."""
+        with np.errstate(all="ignore"):  # a row of NaN scores is refused later, not here
+            if self.kind == "probabilities" and not self.detector.fitted:
+                score = max_softmax_score(np.log(np.clip(scores, 1e-300, None)))
+                return score, np.zeros((len(scores), 0), bool)
+            named = dict(zip(self.outputs, features, strict=True))
+            assessment = self.detector.assess(scores, named)
+        return assessment.score, assessment.past
+
+    def verdicts(self, score: np.ndarray, fired: np.ndarray) -> list[Verdict]:
+        """The response's ``ood`` object of each row of ``summarise``'s arrays."""
+        threshold, method = (1.0 if self.detector.fitted else None), self.method
+        names = [m.name for m in self.detector.methods]
+        verdicts: list[Verdict] = []
+        for value, hits in zip(score.tolist(), fired.tolist(), strict=True):
+            which = [n for n, hit in zip(names, hits, strict=False) if hit]
+            verdicts.append(
+                {
+                    "score": value,
+                    "threshold": threshold,
+                    "flagged": bool(which),
+                    "method": "+".join(which) if which else method,
+                }
+            )
         return verdicts
+
+    @property
+    def method(self) -> str:
+        """The detector's methods, joined ("energy+mahalanobis")."""
+        if self.kind == "probabilities" and not self.detector.fitted:
+            return "msp"
+        return self.detector.name
