@@ -16,11 +16,11 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.telemetry import TelemetryConfig
 from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
 from service import __name__ as _package
-from service import tracing
 from service.api import explain, health, models, v2
 from service.api.docs import install_docs
 from service.api.handlers import install_handlers
@@ -83,6 +83,22 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.metrics.close()
 
 
+def _telemetry(untraced: frozenset[str]) -> TelemetryConfig:
+    """FastAPI's own telemetry settings: its server span per request is the request's span
+    (the caller's W3C context honoured, OpenTelemetry's HTTP attributes), without spans per
+    dependency; ``untraced`` paths (probes, scrapes) get none. Its metrics and logs stay
+    off: Prometheus and the JSON log have them. It does nothing until
+    ``tracing.configure_tracing`` sets a tracer provider."""
+    return {
+        "tracing": True,
+        "operation_spans": False,
+        "metrics": False,
+        "logs": False,
+        "auto_configure": False,
+        "exclude": lambda scope: scope.get("path") in untraced,
+    }
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for ``settings`` (default: from CNNSERVE_* environment variables)."""
     settings = settings or Settings()
@@ -94,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
         docs_url=None,
         redoc_url=None,
-        telemetry=tracing.fastapi_telemetry(UNCOUNTED_PATHS),
+        telemetry=_telemetry(UNCOUNTED_PATHS),
     )
     state = _build_state(settings)
     app.state.cnnserve = state

@@ -10,14 +10,16 @@ OTLP/HTTP exporter, ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``, the 
 configuration the SDK refuses logs one warning and the service serves untraced.
 
 What a request's trace holds (``span``, ``record``): the request (FastAPI's own server span,
-``fastapi_telemetry``: the W3C ``traceparent``/``tracestate`` it came with honoured; its
+set up in ``service.app``: the W3C ``traceparent``/``tracestate`` it came with honoured; its
 trace id returned in ``X-Trace-ID`` and in every log line of the request), reading its
 body, decoding and preprocessing each image, the wait in the batch queue, post-processing.
 The batch inference is a span of its own (one batch serves many requests): it links to
 every request it served, and each request's span links to it. ``/health/*`` and
 ``/metrics`` are not traced.
 
-With tracing off every helper here is one boolean test: nothing is created or recorded.
+With tracing off every helper here is one boolean test, and for a request the sampler left
+out one more: nothing is created or recorded, and no trace id is returned or logged (there
+is no trace to look up).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from fastapi.telemetry import TelemetryConfig
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode
@@ -43,7 +44,6 @@ __all__ = [
     "current_context",
     "enabled",
     "failed",
-    "fastapi_telemetry",
     "in_context",
     "link",
     "record",
@@ -55,11 +55,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Context = otel_context.Context
-_state = {"enabled": False}
+_state: dict[str, Any] = {"enabled": False, "tracer": None}
 
 
 def enabled() -> bool:
-    return _state["enabled"]
+    return bool(_state["enabled"])
+
+
+def _recording(context: Context | None = None) -> bool:
+    """Whether the span current in ``context`` (default: now) is sampled and recorded: an
+    unsampled request costs nothing more than its first, unrecorded span."""
+    return enabled() and trace.get_current_span(context).is_recording()
 
 
 def _wanted(environ: Mapping[str, str]) -> list[str]:
@@ -119,7 +125,7 @@ def configure_tracing(service_version: str, environ: Mapping[str, str] | None = 
         log.warning("tracing stays off: the OTEL_* configuration was refused: %s", exc)
         return False
     trace.set_tracer_provider(provider)
-    _state["enabled"] = True
+    _state["enabled"], _state["tracer"] = True, provider.get_tracer("cnnserve")
     log.info(
         "tracing on: %s exporter, sampler %s",
         ", ".join(wanted),
@@ -129,7 +135,8 @@ def configure_tracing(service_version: str, environ: Mapping[str, str] | None = 
 
 
 def _tracer() -> trace.Tracer:
-    return trace.get_tracer("cnnserve")
+    tracer: trace.Tracer = _state["tracer"]
+    return tracer
 
 
 def _named(attributes: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,30 +145,15 @@ def _named(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def current_context() -> Context | None:
-    """The trace context to carry to another thread (None with tracing off)."""
-    return otel_context.get_current() if enabled() else None
-
-
-def fastapi_telemetry(untraced: frozenset[str]) -> TelemetryConfig:
-    """FastAPI's own telemetry settings: its server span per request is the request's span
-    (the caller's W3C context honoured, OpenTelemetry's HTTP attributes), without spans per
-    dependency; ``untraced`` paths (probes, scrapes) get none. Its metrics and logs stay
-    off: Prometheus and the JSON log have them. It does nothing until
-    ``configure_tracing`` sets a tracer provider."""
-    return {
-        "tracing": True,
-        "operation_spans": False,
-        "metrics": False,
-        "logs": False,
-        "auto_configure": False,
-        "exclude": lambda scope: scope.get("path") in untraced,
-    }
+    """The trace context to carry to another thread (None with tracing off, or when the
+    request is not sampled)."""
+    return otel_context.get_current() if _recording() else None
 
 
 @contextlib.contextmanager
 def span(name: str, parent: Context | None = None, **attributes: Any) -> Iterator[Span | None]:
     """A child span of ``parent`` (default: the current span), current within the block."""
-    if not enabled():
+    if not _recording(parent):
         yield None
         return
     token = otel_context.attach(parent) if parent is not None else None
@@ -178,7 +170,7 @@ def record(
 ) -> None:
     """A span whose times are already known (``time.perf_counter`` seconds), as a child of
     ``parent``: the wait in a queue, measured by whoever ended it."""
-    if not enabled() or parent is None:
+    if parent is None or not _recording(parent):
         return
     offset = time.time_ns() - time.perf_counter_ns()
     started = _tracer().start_span(
@@ -191,7 +183,8 @@ def record(
 def batch_span(name: str, served: list[Context | None], **attributes: Any) -> Iterator[None]:
     """A span of its own (a new trace) for work done for several requests at once: it links
     to the span each request was in, and each of those links back to it."""
-    parents = [trace.get_current_span(ctx) for ctx in served if ctx is not None and enabled()]
+    parents = [trace.get_current_span(ctx) for ctx in served if ctx is not None]
+    parents = [p for p in parents if p.is_recording()]
     if not parents:
         yield
         return
@@ -206,7 +199,7 @@ def batch_span(name: str, served: list[Context | None], **attributes: Any) -> It
 
 def annotate(**attributes: Any) -> None:
     """Set attributes on the current span (the request's, say): what it is about."""
-    if enabled():
+    if _recording():
         trace.get_current_span().set_attributes(_named(attributes))
 
 
@@ -226,9 +219,9 @@ def attached(parent: Context | None) -> Iterator[None]:
 def in_context(call: Callable[[], T], *, waited: str | None = None) -> Callable[[], T]:
     """``call`` bound to the current trace context, for another thread to run; ``waited``
     names a span for the time between now and when that thread starts it (a pool's queue)."""
-    if not enabled():
+    parent = current_context()
+    if parent is None:
         return call
-    parent = otel_context.get_current()
     submitted = time.perf_counter()
 
     def bound() -> T:
@@ -259,10 +252,11 @@ def trace_id() -> str:
 
 
 def trace_ids() -> tuple[str, str] | None:
-    """(trace id, span id) of the current span, hex, for log lines; None outside one."""
+    """(trace id, span id) of the current span, hex, for log lines; None outside one or
+    when the request is not sampled (its trace is nowhere to look up)."""
     if not enabled():
         return None
     context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
-        return None
+    if not (context.is_valid and context.trace_flags.sampled):
+        return None  # (a span just ended still names its trace: the access line is written then)
     return f"{context.trace_id:032x}", f"{context.span_id:016x}"

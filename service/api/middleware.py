@@ -169,7 +169,7 @@ class ServiceMiddleware:
             on_body_done=(lambda: self._relax(deadline)) if control else None,
         )
 
-        # The request's span is FastAPI's (``tracing.fastapi_telemetry``); its trace id goes
+        # The request's span is FastAPI's (``service.app._telemetry``); its trace id goes
         # back to the caller. (It ends as the response does: attributes are set before.)
         trace_id = tracing.trace_id()
         tracing.annotate(request_id=request_id)

@@ -165,6 +165,33 @@ def test_the_sdk_carries_the_callers_trace(traced: LiveServer, receiver: Receive
     assert request.parent_span_id == f"{context.span_id:016x}"
 
 
+def test_the_sampler_decides_and_a_callers_decision_is_kept(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """parentbased_always_off: a request of its own is not traced (no spans, no trace id to
+    look up); one whose caller sampled it is."""
+    collector = Receiver()
+    try:
+        environ = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+            "OTEL_TRACES_SAMPLER": "parentbased_always_off",
+        }
+        server = start_server(environ=environ)
+        headers = {"content-type": "image/png"}
+        alone = httpx.post(server.url + CLASSIFY, content=_image(8), headers=headers)
+        assert alone.status_code == 200 and "x-trace-id" not in alone.headers
+        trace_id = secrets.token_hex(16)
+        headers["traceparent"] = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+        joined = httpx.post(server.url + CLASSIFY, content=_image(9), headers=headers)
+        assert joined.headers["x-trace-id"] == trace_id
+        spans = collector.trace(trace_id, until={"POST /v1/models/{name}/classify", "decode"})
+        assert {"read body", "decode", "queue wait", "postprocess"} <= {s.name for s in spans}
+        assert {s.trace_id for s in collector.spans} == {trace_id} | {
+            s.trace_id for s in collector.spans if s.name == "batch inference"
+        }
+    finally:
+        collector.close()
+
+
 def test_an_unreachable_collector_never_stops_serving(start_server) -> None:  # type: ignore[no-untyped-def]
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     server = start_server(
