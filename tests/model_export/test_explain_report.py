@@ -172,7 +172,7 @@ def test_the_report_explains_as_the_service_does(
     try:
         image = fashion_test.images[3]
         served = client.post(
-            f"/v1/models/resnet-fashion/explain?method={method}&format=npy",
+            f"/v1/models/resnet-fashion/explain?method={method}&format=npy&version=1",
             content=png(image),
             headers={"Content-Type": "image/png"},
         )

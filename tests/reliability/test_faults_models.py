@@ -16,8 +16,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import orjson
 import pytest
+from onnx import numpy_helper
 from reliability_kit import TIMEOUT, Call, LoadGenerator, Summary, native_error, v2_error
 from testkit import ServerFactory, png
 
@@ -37,11 +39,22 @@ def _classify(url: str, model: str, image: bytes) -> httpx.Response:
     )
 
 
+def _retrained(graph: bytes) -> bytes:
+    """``graph`` with its first convolution's bias moved: another training run's file."""
+    model = onnx.load_from_string(graph)
+    bias = next(t for t in model.graph.initializer if t.dims and len(t.dims) == 1)
+    values = numpy_helper.to_array(bias) + np.float32(0.01)
+    bias.CopyFrom(numpy_helper.from_array(values.astype(np.float32), bias.name))
+    return model.SerializeToString()
+
+
 def test_broken_models_at_start_are_unavailable_with_reasons_and_the_rest_serve(
     start_server: ServerFactory, model_repo: Path, fashion_test: Split, summary: Summary
 ) -> None:
-    (model_repo / "vggnet-fashion" / "1" / "model.onnx").write_bytes(b"\x08\x07not a graph")
-    (model_repo / "resnet-fashion" / "1" / "model.onnx").unlink()
+    for path in (model_repo / "vggnet-fashion").glob("*/model.onnx"):  # every version
+        path.write_bytes(b"\x08\x07not a graph")
+    for path in (model_repo / "resnet-fashion").glob("*/model.onnx"):
+        path.unlink()
     shutil.copytree(model_repo / "lenet5-fashion", model_repo / "bad-card")
     (model_repo / "bad-card" / "model.json").write_text('{"name": "bad-card", "labels": [')
     shutil.copytree(model_repo / "lenet5-fashion", model_repo / "wrong-labels")
@@ -126,10 +139,10 @@ def test_model_files_change_under_load_and_no_request_fails(
     steps: list[tuple[str, int]] = []
     with LoadGenerator(server.url, calls, concurrency=6) as load:
         time.sleep(0.5)
-        # 1. Another trained network's file replaces the served one, then a reload.
-        _replace(
-            model / "1" / "model.onnx", (model_repo / "resnet-fashion/1/model.onnx").read_bytes()
-        )
+        # 1. A retrained file (the same graph, other bytes: the card's trust statistics name
+        #    its layers) replaces the served one, then a reload.
+        served = (model / "1" / "model.onnx").read_bytes()
+        _replace(model / "1" / "model.onnx", _retrained(served))
         steps.append(("replaced, then load", _load(server.url, "lenet5-fashion").status_code))
         # 2. A half-written upload: the reload fails and the serving version stays.
         (model / "1" / "model.onnx").write_bytes(b"\x08\x07half a file")
@@ -151,7 +164,7 @@ def test_model_files_change_under_load_and_no_request_fails(
             path.unlink()
         time.sleep(0.5)
         # 6. The good file comes back, then a reload.
-        shutil.copy(model_repo / "resnet-fashion/1/model.onnx", model / "1" / "model.onnx")
+        (model / "1" / "model.onnx").write_bytes(served)
         steps.append(("restored, then load", _load(server.url, "lenet5-fashion").status_code))
         time.sleep(0.5)
     outcomes = load.outcomes
