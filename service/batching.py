@@ -56,6 +56,7 @@ class _Item:
     future: asyncio.Future[Outputs]
     loop: asyncio.AbstractEventLoop
     prepare: Callable[[], np.ndarray] | None = None
+    full: bool = True  # needs every output, not only the first (``Batcher``)
     enqueued: float = field(default_factory=time.perf_counter)
     context: tracing.Context | None = field(default_factory=tracing.current_context)
 
@@ -84,11 +85,15 @@ def _resolve(pairs: list[tuple[asyncio.Future[Outputs], Outputs | BaseException]
 
 class Batcher:
     """Collects (n, ...) arrays from coroutines and runs ``run`` on their concatenation;
-    each caller gets its rows of every output."""
+    each caller gets its rows of every output.
+
+    ``run(batch, full)``: ``full`` is False when no caller of the batch asked for more than
+    the first output (``submit(..., full=False)``: /v2 and explanations need the scores
+    alone, classify also the trust summary), so that work is skipped for them."""
 
     def __init__(
         self,
-        run: Callable[[np.ndarray], Outputs],
+        run: Callable[[np.ndarray, bool], Outputs],
         *,
         name: str,
         max_batch_size: int,
@@ -159,10 +164,12 @@ class Batcher:
         *,
         timeout_s: float | None = None,
         ticket: Incoming | None = None,
+        full: bool = True,
     ) -> Outputs:
-        """Queue ``array`` (n, ...) and wait for the n result rows of each output."""
+        """Queue ``array`` (n, ...) and wait for the n result rows of each output (of the
+        first alone, at least, when not ``full``)."""
         loop = asyncio.get_running_loop()
-        item = _Item(array, len(array), loop.create_future(), loop)
+        item = _Item(array, len(array), loop.create_future(), loop, full=full)
         return await self._wait(self._enqueue(item, ticket), timeout_s)
 
     async def submit_unprepared(
@@ -275,6 +282,7 @@ class Batcher:
         """Run ``batch`` in calls of at most ``batch_limit`` images; None when every caller
         has given up before the last call (the calls left would run for nobody)."""
         step = self.batch_limit
+        full = any(item.full for item in live)
         outputs: list[Outputs] = []
         for start in range(0, len(batch), step):
             if start and all(item.future.done() for item in live):
@@ -284,7 +292,7 @@ class Batcher:
                 return None
             chunk = batch[start : start + step]
             started = time.perf_counter()
-            outputs.append(self._run(chunk))
+            outputs.append(self._run(chunk, full))
             seconds = time.perf_counter() - started
             self._per_image.append(seconds / len(chunk))
             if self._observe is not None:

@@ -135,14 +135,20 @@ class DataPlane:
         self, model: ModelVersion, batch: np.ndarray, *, ticket: Incoming | None = None
     ) -> np.ndarray:
         """The model's scores for a batch of its input, through the batcher (``ticket``:
-        the batcher was told these images were coming)."""
-        return (await self._outputs(model, batch, ticket=ticket))[0]
+        the batcher was told these images were coming); no trust summary is computed for
+        them."""
+        return (await self._outputs(model, batch, ticket=ticket, full=False))[0]
 
     async def _outputs(
-        self, model: ModelVersion, batch: np.ndarray, *, ticket: Incoming | None = None
+        self,
+        model: ModelVersion,
+        batch: np.ndarray,
+        *,
+        ticket: Incoming | None = None,
+        full: bool = True,
     ) -> Outputs:
         outputs = await model.batcher.submit(
-            batch, timeout_s=self.settings.request_timeout_s, ticket=ticket
+            batch, timeout_s=self.settings.request_timeout_s, ticket=ticket, full=full
         )
         self.metrics.images.labels(model.runtime.name).inc(len(batch))
         return _finite(model, outputs)
@@ -223,14 +229,15 @@ class DataPlane:
                 minimum=1,
                 maximum=classes,
             )
-        served, (scores, ood_score, fired) = await self._current(
+        served, (scores, chances, ood_score, fired) = await self._current(
             model, version, functools.partial(self.run_images, images=images)
         )
         tracing.annotate(model=served.runtime.name, version=served.version, images=len(images))
         trust = served.runtime.trust
         with tracing.span("postprocess"):
             verdicts = trust.verdicts(ood_score, fired)
-            chances = trust.probabilities(scores, calibrated=calibrated)
+            if not calibrated:
+                chances = trust.probabilities(scores, calibrated=False)
             indices, values = (a.tolist() for a in top_k(chances, k))  # Python numbers
         self.metrics.observe_ood(served.runtime.name, verdicts)
         return served, [

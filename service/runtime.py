@@ -227,11 +227,13 @@ class ModelRuntime:
         """The input's shape with -1 for dynamic axes."""
         return [d if isinstance(d, int) else -1 for d in self.input.shape]
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def infer(self, batch: np.ndarray, full: bool = True) -> tuple[np.ndarray, ...]:
         """Run the model on a batch of its input (``card.input.shape(n)``): its first output
-        (the class scores), then each row's out-of-distribution score and which methods
-        fired (``VersionTrust.summarise``: from layer outputs of the same run, once per
-        batch)."""
+        (the class scores), then, if ``full``, each row's calibrated probabilities,
+        out-of-distribution score and which methods fired (``VersionTrust.summarise``: from
+        layer outputs of the same run, once per batch)."""
+        if not full:
+            return (self.session.run([self.output.name], {self.input.name: batch})[0],)
         names = [self.output.name, *self.trust.outputs]
         scores, *features = self.session.run(names, {self.input.name: batch})
         return scores, *self.trust.summarise(scores, tuple(features))

@@ -65,18 +65,20 @@ class VersionTrust:
 
     def summarise(
         self, scores: np.ndarray, features: tuple[np.ndarray, ...]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """A batch's out-of-distribution score (N,) and which methods fired (N, methods),
-        from the model's scores and the layer outputs (``outputs``): computed once per batch
-        in the inference thread (``ModelRuntime.infer``), vectorised over its rows; each
-        request then reads its rows (``verdicts``)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A batch's calibrated probabilities (N, classes), out-of-distribution score (N,)
+        and which methods fired (N, methods), from the model's scores and the layer outputs
+        (``outputs``): computed once per batch in the inference thread
+        (``ModelRuntime.infer``), vectorised over its rows; each request then reads its rows
+        (``verdicts``)."""
         with np.errstate(all="ignore"):  # a row of NaN scores is refused later, not here
+            chances = self.probabilities(scores)
             if self.kind == "probabilities" and not self.detector.fitted:
                 score = max_softmax_score(np.log(np.clip(scores, 1e-300, None)))
-                return score, np.zeros((len(scores), 0), bool)
+                return chances, score, np.zeros((len(scores), 0), bool)
             named = dict(zip(self.outputs, features, strict=True))
             assessment = self.detector.assess(scores, named)
-        return assessment.score, assessment.past
+        return chances, assessment.score, assessment.past
 
     def verdicts(self, score: np.ndarray, fired: np.ndarray) -> list[Verdict]:
         """The response's ``ood`` object of each row of ``summarise``'s arrays."""

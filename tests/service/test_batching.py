@@ -18,17 +18,19 @@ class Recorder:
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.batches: list[int] = []
+        self.full: list[bool] = []
         self.delay_s = delay_s
         self.gate = threading.Event()
         self.gate.set()
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Two outputs, as a model with layer outputs gives: each caller gets its rows of
-        both."""
+    def __call__(self, batch: np.ndarray, full: bool = True) -> tuple[np.ndarray, ...]:
+        """Two outputs, as a model with layer outputs gives (the first alone when not
+        ``full``): each caller gets its rows of both."""
         self.gate.wait(5)
         time.sleep(self.delay_s)
         self.batches.append(len(batch))
-        return batch * 2, batch.sum(axis=1)
+        self.full.append(full)
+        return (batch * 2, batch.sum(axis=1)) if full else (batch * 2,)
 
 
 def make(run: Recorder, **options: float) -> Batcher:
@@ -59,6 +61,30 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows() -> None:
         assert np.array_equal(sums, [2.0 * i, 2.0 * i])
     assert run.batches[0] == 1 and max(run.batches[1:]) == 8  # 12 queued images: 8 + 4
     assert sum(run.batches) == 13
+
+
+def test_the_outputs_beyond_the_first_run_only_for_a_batch_that_needs_them() -> None:
+    """/v2 and explanations need the scores alone (``full=False``); a batch computes the
+    rest (the trust summary) only when one of its callers needs it, and then for all."""
+    run = Recorder()
+    batcher = make(run)
+
+    async def main() -> tuple[tuple[np.ndarray, ...], ...]:
+        alone = await batcher.submit(np.ones((1, 2)), full=False)
+        run.gate.clear()  # hold a batch so that the next two share one
+        held = asyncio.ensure_future(batcher.submit(np.zeros((1, 2)), full=False))
+        await asyncio.sleep(0.05)
+        lean = asyncio.ensure_future(batcher.submit(np.ones((1, 2)), full=False))
+        rich = asyncio.ensure_future(batcher.submit(np.ones((1, 2))))
+        await asyncio.sleep(0.05)
+        run.gate.set()
+        await held
+        return alone, await lean, await rich
+
+    alone, lean, rich = asyncio.run(main())
+    batcher.close()
+    assert len(alone) == 1 and len(lean) == 2 and len(rich) == 2
+    assert run.full == [False, False, True] and run.batches == [1, 1, 2]
 
 
 def test_a_lone_request_does_not_wait_for_a_batch_to_fill() -> None:
@@ -125,7 +151,7 @@ def test_a_deadline_discards_queued_work() -> None:
 
 
 def test_errors_reach_every_caller_of_the_batch() -> None:
-    def broken(batch: np.ndarray) -> tuple[np.ndarray, ...]:
+    def broken(batch: np.ndarray, full: bool) -> tuple[np.ndarray, ...]:
         raise RuntimeError("device lost")
 
     batcher = Batcher(broken, name="broken", max_batch_size=4, max_queue_delay_s=0, capacity=8)
