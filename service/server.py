@@ -45,6 +45,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import threadpoolctl
 import uvicorn
 from fastapi import FastAPI
 
@@ -197,8 +198,9 @@ def serve(settings: Settings) -> None:
         hint = f"; did you mean {close}?" if close else ""
         log.warning("%s is not a cnnserve setting: ignored%s", name, hint)
     settings = _sized(settings).as_served()
-    if settings.workers == 1:
-        configure_tracing(VERSION)  # a worker process turns its own on
+    if settings.workers == 1:  # a worker process sets up its own
+        configure_tracing(VERSION)
+        _single_threaded_blas()
     protocols = _protocols(settings)
     log.info(
         "serving with %d worker(s), %s and %s; per worker %d inference thread(s) and %d "
@@ -232,6 +234,14 @@ def serve(settings: Settings) -> None:
         return
     config = uvicorn.Config(_frozen_after_startup(create_app(settings)), **_options(settings))
     _DrainingServer(config).run()
+
+
+def _single_threaded_blas() -> None:
+    """numpy's BLAS on one thread for the life of the process: the service's matrix products
+    are small (a batch's out-of-distribution scores), and OpenBLAS's own threads would wait
+    for cores ONNX Runtime and the decode pool already use (tens of milliseconds per product
+    on a busy machine)."""
+    threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
 
 def _options(settings: Settings) -> dict[str, Any]:
@@ -276,6 +286,7 @@ def _worker(host: str, port: int) -> None:
     settings = Settings().as_served()
     configure_logging(settings.log_level, settings.log_format)
     configure_tracing(VERSION)
+    _single_threaded_blas()
     sock = _listening_socket(host, port)
     config = uvicorn.Config(_frozen_after_startup(create_app(settings)), **_options(settings))
     _DrainingServer(config).run(sockets=[sock])

@@ -163,3 +163,15 @@ def test_an_unknown_variable_is_named_with_the_closest_setting(
 def test_an_unknown_keyword_to_the_settings_is_an_error() -> None:
     with pytest.raises(ValidationError, match="max_body_byte"):
         Settings(max_body_byte=5)  # type: ignore[call-arg]
+
+
+def test_the_server_runs_numpy_blas_on_one_thread() -> None:
+    """A batch's out-of-distribution scores are small matrix products: BLAS threads of their
+    own would only wait for cores the runtime and the decode pool use."""
+    import threadpoolctl
+
+    from service import server
+
+    server._single_threaded_blas()
+    blas = threadpoolctl.threadpool_info()
+    assert blas and all(lib["num_threads"] == 1 for lib in blas if lib["user_api"] == "blas")
