@@ -199,6 +199,8 @@ def parse_model_info(obj: Any, response: httpx.Response) -> ModelInfo:
             layers=tuple(_layer(layer) for layer in obj.get("layers") or ()),
             description=description if isinstance(description, str) else None,
             explanations=tuple(str(m) for m in obj.get("explanations") or ()),
+            version=str(obj["version"]) if obj.get("version") is not None else None,
+            precision=str(obj["precision"]) if obj.get("precision") is not None else None,
             raw=obj,
         )
     except (KeyError, TypeError, ValueError) as exc:

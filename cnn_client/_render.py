@@ -119,14 +119,16 @@ def _explanations_caption(models: Sequence[ModelInfo]) -> str | None:
 
 
 def models_table(models: Sequence[ModelInfo]) -> Table:
-    table = Table(title="models", caption=_explanations_caption(models))
+    captions = ["*: served when a request names no version"]
+    captions += [c for c in (_explanations_caption(models),) if c]
+    table = Table(title="models", caption="\n".join(captions))
     table.add_column("name", no_wrap=True, min_width=_widest(m.name for m in models))
     for column in ("versions", "state", "input", "classes", "layers", "providers"):
         table.add_column(column)
     for model in models:
         table.add_row(
             model.name,
-            ", ".join(model.versions),
+            ", ".join(v + ("*" if v == model.version else "") for v in model.versions),
             model.state,
             _input_summary(model),
             str(len(model.labels)),

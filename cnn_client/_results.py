@@ -64,6 +64,9 @@ class InputSpec:
 class ModelInfo:
     """A served model: versions, input, labels, inspectable layers and explanation methods.
 
+    ``version`` is the version this describes: the one served when a request names none,
+    unless one was asked for (model.json's ``default_version``, else the highest), and
+    ``precision`` its weights' ("fp32", "int8"; None from an older server).
     ``explanations`` names the methods ``explain`` accepts for this model (empty from a
     server older than explanations). ``raw`` keeps the whole JSON object, fields this client
     does not know included.
@@ -78,11 +81,13 @@ class ModelInfo:
     layers: tuple[LayerInfo, ...]
     description: str | None = None
     explanations: tuple[str, ...] = ()
+    version: str | None = None
+    precision: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def latest_version(self) -> str | None:
-        """The version the server uses when a request names none (the highest)."""
+        """The highest version (not always the one served by default: see ``version``)."""
         numeric = [v for v in self.versions if v.isdigit()]
         if numeric:
             return max(numeric, key=int)

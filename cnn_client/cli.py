@@ -45,7 +45,9 @@ ApiKey = Annotated[
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 Model = Annotated[str, typer.Option("--model", "-m", help="model name, e.g. lenet5-fashion")]
-Version = Annotated[str | None, typer.Option("--version", help="model version; default latest")]
+Version = Annotated[
+    str | None, typer.Option("--version", help="model version; default: the one served")
+]
 ImageFile = Annotated[
     Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="an image file")
 ]

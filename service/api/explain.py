@@ -10,7 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from service.api.openapi import IMAGE_BODY, error_responses
+from service.api.openapi import IMAGE_BODY, Version, error_responses
 from service.api.responses import JSON
 from service.api.schemas import ExplanationResponse
 from service.api.state import State
@@ -24,9 +24,6 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
-Version = Annotated[
-    str | None, Query(pattern=r"^[0-9]{1,9}$", description="a version; default: the highest")
-]
 Pixels = Annotated[str | None, Query(description="occlusion: pixels of the model input")]
 TargetClass = Annotated[
     str | None, Query(description="a class index or label; default: the top class", max_length=256)

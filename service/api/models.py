@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.api.openapi import IMAGE_BODY, error_responses
+from service.api.openapi import IMAGE_BODY, Version, error_responses
 from service.api.responses import JSON
 from service.api.schemas import (
     FeatureMapResponse,
@@ -36,13 +36,9 @@ __all__ = ["CLASSIFY_ROUTE", "classify_route", "model_info", "router"]
 router = APIRouter(prefix="/v1/models", tags=["models"])
 CLASSIFY_PATH = "/v1/models/{name}/classify"
 
-Version = Annotated[
-    str | None, Query(pattern=r"^[0-9]{1,9}$", description="a version; default: the highest")
-]
-
 
 def model_info(entry: ModelEntry, version: str | None = None) -> ModelInfo:
-    """ModelInfo of ``version`` (default: the highest) of a repository entry."""
+    """ModelInfo of ``version`` (default: the served default) of a repository entry."""
     card = entry.card
     info: dict[str, Any] = {
         "name": entry.name,

@@ -14,9 +14,9 @@ FastAPI documents its routes; this adds what it cannot know:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
@@ -25,9 +25,16 @@ from service.api.uploads import FIELD
 from service.errors import codes_by_status
 from service.v2.schemas import V2Error
 
-__all__ = ["IMAGE_BODY", "error_responses", "install_openapi"]
+__all__ = ["IMAGE_BODY", "Version", "error_responses", "install_openapi"]
 
 CLASSIFY_PATH = "/v1/models/{name}/classify"
+VERSION_PATTERN = r"^[0-9]{1,9}$"
+VERSION_DESCRIPTION = (
+    "a version; default: the model's default version (model.json's default_version, else "
+    "the highest)"
+)
+# ?version= on every /v1 model route.
+Version = Annotated[str | None, Query(pattern=VERSION_PATTERN, description=VERSION_DESCRIPTION)]
 # What the middleware may answer before any route runs, and where.
 _EVERY_REQUEST = (400, 413, 503, 504)
 _PROTECTED = (401,)
@@ -88,8 +95,8 @@ def _classify_operation(components: dict[str, Any]) -> dict[str, Any]:
                 "name": "version",
                 "in": "query",
                 "required": False,
-                "schema": {"type": "string", "pattern": r"^[0-9]{1,9}$"},
-                "description": "a version; default: the highest",
+                "schema": {"type": "string", "pattern": VERSION_PATTERN},
+                "description": VERSION_DESCRIPTION,
             },
             {
                 "name": "top_k",
