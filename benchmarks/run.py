@@ -30,7 +30,7 @@ from typing import Any
 
 from benchmarks.ab import interleave
 from benchmarks.explain import main as explain_main
-from benchmarks.inputs import MODELS, RAMP_MS, REPO, image_path
+from benchmarks.inputs import MATRIX_MODELS, MODELS, RAMP_MS, REPO, image_path
 from benchmarks.report import write_report
 from benchmarks.servers import ServerSpec, check_answer, running
 from benchmarks.wrk import run_wrk
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--two-core-concurrency", type=int, nargs="+", default=list(TWO_CORE_CONCURRENCY)
     )
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MATRIX_MODELS), choices=MODELS)
     parser.add_argument("--only", nargs="+", help="server labels to run (default: all)")
     parser.add_argument(
         "--tables", nargs="+", default=["batching-c1", "one-core", "two-cores", "explain"]

@@ -1,14 +1,19 @@
 #!/bin/sh
 # `make bench-ab`: the side-by-side tables of docs/performance.md (benchmarks/results/ab-*.json;
-# each run also prints its Markdown table). ~10 minutes; run it on a quiet machine.
+# each run also prints its Markdown table). ~16 minutes; run it on a quiet machine.
 #   before       service/ at 3f0f134, the last commit before issue 10's changes
 #   before-api   service/ at cc95978, before the one-pass multipart parser and lean route
 #   after        the working tree
+# and the guard of issues 15 to 21 (hardening, one data plane, explanations, trust, INT8,
+# traces): never slower than before them, beside the bare ASGI ceiling (ab-guard-*.json)
+#   before-15    service/ at cb25619, the last commit before those issues
+# Every server runs version 1 of the model (FP32; benchmarks/inputs.py model_repository).
 set -eu
 PY=${PY:-.venv/bin/python}
 OUT=benchmarks/results
 BEFORE=ref:3f0f134
 BEFORE_API=ref:cc95978
+BEFORE_15=ref:cb25619
 set -x
 $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 4 --seconds 2 \
   --variant before=$BEFORE --variant before-api=$BEFORE_API --variant after=tree \
@@ -25,3 +30,8 @@ $PY -m benchmarks.ab --model mobilenetv2-imagenet --concurrency 8 32 --rounds 3 
 $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 4 --seconds 2 \
   --variant bare=bare --variant plain=plain --variant after=tree \
   --output $OUT/ab-ceiling.json
+$PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 5 --seconds 2 \
+  --variant bare=bare --variant plain=plain --variant before-15=$BEFORE_15 --variant after=tree \
+  --output $OUT/ab-guard-lenet.json
+$PY -m benchmarks.ab --model mobilenetv2-imagenet --concurrency 1 32 --rounds 5 --seconds 4 \
+  --variant before-15=$BEFORE_15 --variant after=tree --output $OUT/ab-guard-mobilenet.json

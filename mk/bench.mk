@@ -1,12 +1,14 @@
 # Benchmarks (docs/performance.md). Included by the Makefile. Not tests: numbers, written to
 # benchmarks/results/ (JSON and README.md); server logs and raw samples under results/raw/.
 #
-#   make bench          the whole matrix, ~10 minutes: one core for the server, one for wrk;
-#                       then both cores for the server. BENCH_ARGS passes options through
-#                       (e.g. BENCH_ARGS="--quick" for a 2-minute smoke run).
+#   make bench          the whole matrix: one core for the server, one for wrk; then both
+#                       cores for the server; then explanations (bench-explain) and FP32
+#                       against INT8 (make bench-quantized). BENCH_ARGS passes options to the
+#                       matrix (e.g. BENCH_ARGS="--quick" for a 2-minute smoke run).
 #   make bench-memory   cnnserve's RSS over 5 minutes at concurrency 64
 #   make bench-profile  py-spy: where one request's time goes, before and after issue 10
 #   make bench-ab       the side-by-side runs of docs/performance.md (benchmarks/side_by_side.sh)
+#   make bench-costs    what trust and tracing cost classify, side by side (benchmarks/costs.sh)
 #   make bench-explain  what explanations cost (benchmarks/explain.py; also the last part of
 #                       make bench), ~2 minutes: results/explain.json and explain.md
 #
@@ -29,6 +31,7 @@ bench-deps: $(BENCH_STAMP)
 
 bench: bench-deps
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	$(MAKE) --no-print-directory bench-quantized
 
 bench-memory: bench-deps
 	$(BIN)/python -m benchmarks.memory $(BENCH_ARGS)
@@ -41,3 +44,6 @@ bench-explain: bench-deps
 
 bench-ab: bench-deps
 	PY=$(BIN)/python benchmarks/side_by_side.sh
+
+bench-costs: bench-deps
+	PY=$(BIN)/python benchmarks/costs.sh

@@ -7,7 +7,9 @@
 #                           model whose INT8 version misses a bound gets none, and the target
 #                           fails.
 #   make bench-quantized    FP32 against INT8 per image, batch 1 and 32, one core, side by side
-#                           (benchmarks/quantized.py -> benchmarks/results/quantized.json)
+#                           (benchmarks/quantized.py -> benchmarks/results/quantized.json), then
+#                           served through the HTTP API at concurrency 32 (quantized_served.sh
+#                           -> benchmarks/results/ab-int8-*.json); ~10 minutes
 #
 # Both measure latency: run them on a quiet machine. Quantizing the three models takes
 # about 10 minutes on 2 cores (every variant is made, scored on the test set and timed).
@@ -38,5 +40,6 @@ quantize: $(VENV)/.stamp-dev apt-deps
 	  $(QUANTIZE_ARGS) $(QUANTIZE_ARGS_$(model)) && \
 	  $(BIN)/cnnserve calibrate $(model) --model-dir $(MODEL_DIR) $(CALIBRATE_ARGS_$(model)) && ) true
 
-bench-quantized: $(VENV)/.stamp-dev apt-deps
+bench-quantized: bench-deps
 	$(BIN)/python -m benchmarks.quantized --model-dir $(MODEL_DIR) $(BENCH_QUANTIZED_ARGS)
+	PY=$(BIN)/python benchmarks/quantized_served.sh
