@@ -21,6 +21,7 @@ from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
 from service import __name__ as _package
+from service import tracing
 from service.api import explain, health, models, v2
 from service.api.docs import install_docs
 from service.api.handlers import install_handlers
@@ -83,14 +84,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.metrics.close()
 
 
-def _telemetry(untraced: frozenset[str]) -> TelemetryConfig:
+def _telemetry(untraced: frozenset[str], traced: bool) -> TelemetryConfig:
     """FastAPI's own telemetry settings: its server span per request is the request's span
     (the caller's W3C context honoured, OpenTelemetry's HTTP attributes), without spans per
     dependency; ``untraced`` paths (probes, scrapes) get none. Its metrics and logs stay
-    off: Prometheus and the JSON log have them. It does nothing until
-    ``tracing.configure_tracing`` sets a tracer provider."""
+    off: Prometheus and the JSON log have them. Off unless ``traced`` (``configure_tracing``
+    ran first and turned tracing on): then a request does not even ask whether it is on."""
     return {
-        "tracing": True,
+        "tracing": traced,
         "operation_spans": False,
         "metrics": False,
         "logs": False,
@@ -110,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
         docs_url=None,
         redoc_url=None,
-        telemetry=_telemetry(UNCOUNTED_PATHS),
+        telemetry=_telemetry(UNCOUNTED_PATHS, tracing.enabled()),
     )
     state = _build_state(settings)
     app.state.cnnserve = state
