@@ -4,6 +4,9 @@
     python tests/reliability/report.py --area load     only one area's rows
     python tests/reliability/report.py --write docs/reliability.md
                                                        replace the table between the markers
+    python tests/reliability/report.py --area "cost of one request (data plane)" \
+        --before docs/reliability-before.json          the area's rows beside the same tests'
+                                                       rows run against the code before a fix
 
 The summary is written by the tests in this folder (``make reliability`` or ``make test``);
 every row carries the time it was measured, so the table never shows a figure no run made.
@@ -29,6 +32,7 @@ AREAS = [
     "load",
     "access control",
     "control plane and connections",
+    "cost of one request (data plane)",
 ]
 
 
@@ -78,14 +82,46 @@ def render(summary: dict[str, Any], areas: list[str]) -> str:
     return "\n".join(lines)
 
 
+def render_before_after(before: dict[str, Any], after: dict[str, Any], area: str) -> str:
+    """One line per test of ``area``: what was tried, its figures before and after."""
+    lines = [
+        "| what was tried | before | after |",
+        "|---|---|---|",
+    ]
+    for key in sorted(after["rows"]):
+        row = after["rows"][key]
+        if row["area"] != area:
+            continue
+        old = before["rows"].get(key)
+        was = "(not run)" if old is None else _cell(old)
+        tried = row["tried"].replace("|", "\\|")
+        lines.append(f"| {tried} | {was} | {_cell(row)} |")
+    lines.append("")
+    lines.append(f"Before: commit `{before.get('commit')}`; after: commit `{after.get('commit')}`.")
+    return "\n".join(lines)
+
+
+def _cell(row: dict[str, Any]) -> str:
+    held = "held" if row["held"] else "**failed**"
+    return f"{held}: {_figures(row['figures'])}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--area", choices=AREAS, help="only this area's rows")
     parser.add_argument("--write", type=Path, help="replace the table between the markers")
+    parser.add_argument("--before", type=Path, help="a summary of the same tests, earlier")
     args = parser.parse_args(argv)
     if not SUMMARY.is_file():
         print(f"{SUMMARY} is missing: run `make reliability` first", file=sys.stderr)
         return 1
+    if args.before is not None:
+        if args.area is None:
+            print("--before compares one --area", file=sys.stderr)
+            return 1
+        before, after = (json.loads(p.read_text()) for p in (args.before, SUMMARY))
+        print(render_before_after(before, after, args.area))
+        return 0
     table = render(json.loads(SUMMARY.read_text()), [args.area] if args.area else AREAS)
     if args.write is None:
         print(table)
