@@ -20,7 +20,11 @@ from benchmarks.inputs import RAW, REPO, model_repository
 
 __all__ = ["ServerSpec", "running", "tree_cpu_seconds", "tree_rss_mib"]
 
-EXPECTED_LABEL = {"lenet5-fashion": "Ankle boot", "mobilenetv2-imagenet": "Egyptian cat"}
+EXPECTED_LABEL = {
+    "lenet5-fashion": "Ankle boot",
+    "resnet-fashion": "Ankle boot",
+    "mobilenetv2-imagenet": "Egyptian cat",
+}
 
 
 @dataclass(frozen=True)

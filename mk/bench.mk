@@ -18,7 +18,7 @@
 BENCH_ARGS ?=
 BENCH_STAMP := $(VENV)/.stamp-bench
 
-.PHONY: bench bench-memory bench-profile bench-ab bench-explain bench-deps
+.PHONY: bench bench-memory bench-profile bench-ab bench-explain bench-costs bench-deps
 
 # litserve (the bench extra) and py-spy; wrk from Debian.
 $(BENCH_STAMP): pyproject.toml $(VENV)/.stamp-dev
