@@ -23,11 +23,12 @@ QUANTIZE_ARGS ?=
 # 2-core AVX2 machine the best variants agreed on 62 of 69 (0.899), a hair under the
 # default 0.9, which such a sample cannot tell apart from 0.85: its bound is 0.85, stated here.
 QUANTIZE_ARGS_mobilenetv2-imagenet ?= --min-agreement 0.85
-# The Fashion models' INT8 accuracy is measured on the 10k test set (within 0.5 points of
-# FP32): they serve INT8 by default (model.json's default_version). MobileNetV2's cannot be
-# measured here: its INT8 version serves only when asked for (?version=2).
-QUANTIZE_ARGS_resnet-fashion ?= --make-default
-QUANTIZE_ARGS_vggnet-fashion ?= --make-default
+# Every INT8 version serves only when asked for (?version=2); FP32 stays the default. The
+# Fashion models' INT8 accuracy and calibration hold (within 0.5 points of FP32 on the 10k
+# test set), but their out-of-distribution detector, fitted on INT8 activations, flags fewer
+# MNIST digits (resnet-fashion 79 % against 97 %): a deployment that wants the speed and
+# accepts that sets default_version, or passes QUANTIZE_ARGS_<model>=--make-default here.
+# MobileNetV2's accuracy cannot be measured here at all.
 # Calibration of the new version (its own logits: INT8 shifts them): as calibrate-models does.
 CALIBRATE_ARGS_resnet-fashion ?= --dataset fashion-mnist
 CALIBRATE_ARGS_vggnet-fashion ?= --dataset fashion-mnist

@@ -57,7 +57,7 @@ MODELS = _test_repository()
 
 def served_version(name: str, repository: Path = MODELS) -> str:
     """The version of ``name`` a request naming none gets (model.json's default_version:
-    the INT8 one for resnet-fashion and vggnet-fashion, whose accuracy was measured)."""
+    FP32 version 1 for every shipped model; their INT8 versions serve when named)."""
     from service.model_card import load_card
 
     folders = [p.name for p in (repository / name).iterdir() if p.is_dir() and p.name.isdigit()]
