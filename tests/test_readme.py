@@ -21,15 +21,13 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from testkit import REPO, free_port
+from testkit import REPO, free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -149,16 +147,7 @@ def walk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walk]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            assert server.poll() is None, (root / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("make serve did not get ready:\n" + (root / "serve.log").read_text())
+        wait_ready(url, server, (root / "serve.log").read_text, timeout_s=120)
         yield Walk(root, port, env | {"CNNSERVE_URL": url})
     finally:
         os.killpg(server.pid, signal.SIGTERM)

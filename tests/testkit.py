@@ -66,6 +66,24 @@ def served_version(name: str, repository: Path = MODELS) -> str:
     return version
 
 
+def wait_ready(
+    url: str, process: subprocess.Popen[Any], log: Callable[[], str], timeout_s: float = 60.0
+) -> None:
+    """Until ``url``'s /health/ready answers 200; fails with the server's ``log`` if its
+    ``process`` exits first or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log()}")
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"server not ready in {timeout_s} s:\n{log()}")
+
+
 def png(array: np.ndarray) -> bytes:
     """An image array (H x W or H x W x C, uint8) as PNG bytes."""
     buffer = io.BytesIO()
@@ -113,17 +131,7 @@ class LiveServer:
         return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server not ready in {timeout_s} s:\n{self.log()}")
+        wait_ready(self.url, self.process, self.log, timeout_s)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         if self.process.poll() is None:

@@ -134,7 +134,12 @@ def test_model_info_shows_what_is_applied(client: TestClient) -> None:
         info = client.get(f"/v1/models/{model}").json()
         facts = load_card(MODELS / model / "model.json").version_facts(info["version"])
         assert info["version"] == served_version(model) and info["precision"] == facts.precision
-        assert info["precision"] == ("fp32" if model == "lenet5-fashion" else "int8")
+        assert info["precision"] == "fp32"  # INT8 versions serve when named
+        if model != "lenet5-fashion":
+            int8 = client.get(f"/v1/models/{model}?version=2").json()
+            assert (int8["version"], int8["precision"]) == ("2", "int8")
+            assert int8["ood"]["fitted"] is True
+            assert int8["calibration"]["temperature"] != info["calibration"]["temperature"]
         assert info["ood"]["fitted"] is True and info["ood"]["method"] == "energy+mahalanobis"
         assert set(info["ood"]["thresholds"]) == {"energy", "mahalanobis"}
         assert "selection" not in info["ood"]  # the fitting's details stay in model.json
