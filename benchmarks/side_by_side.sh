@@ -35,3 +35,8 @@ $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 5 --seco
   --output $OUT/ab-guard-lenet.json
 $PY -m benchmarks.ab --model mobilenetv2-imagenet --concurrency 1 32 --rounds 5 --seconds 4 \
   --variant before-15=$BEFORE_15 --variant after=tree --output $OUT/ab-guard-mobilenet.json
+# Which of those issues the LeNet-5 difference comes from: the service after the hardening
+# (96e2997), after the one data plane (674cf6c), after trust per request (ced2403).
+$PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 5 --seconds 2 \
+  --variant before-15=$BEFORE_15 --variant hardened=ref:96e2997 --variant one-plane=ref:674cf6c \
+  --variant trust=ref:ced2403 --variant after=tree --output $OUT/ab-guard-lenet-steps.json
