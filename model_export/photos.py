@@ -11,11 +11,37 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-__all__ = ["photo_paths"]
+__all__ = ["SKIMAGE_PHOTOS", "SKLEARN_PHOTOS", "photo_paths"]
 
 _SERVICE = ("chelsea.jpg", "coffee.jpg", "motorcycle.jpg")
 _SKIMAGE = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
 _SKLEARN = ("china.jpg", "flower.jpg")
+# Every natural photograph scikit-image ships (camera, microscope, telescope; not its drawings,
+# synthetic patterns or masks), and scikit-learn's two: calibration and out-of-distribution
+# sets draw from these.
+SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "cell.png",
+    "chelsea.png",
+    "clock_motion.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "microaneurysms.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
+)
+SKLEARN_PHOTOS = _SKLEARN
 
 
 def _package_dir(name: str) -> Path | None:

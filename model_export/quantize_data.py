@@ -25,6 +25,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 from PIL import Image, ImageOps
 
+from model_export.photos import SKIMAGE_PHOTOS, SKLEARN_PHOTOS
 from model_export.quantize_errors import CalibrationDataError
 from service.errors import ServiceError
 from service.model_card import InputSpec
@@ -43,32 +44,8 @@ MAX_PIXELS = 40_000_000  # the service's default per-image limit
 # Natural photographs (camera, microscope, telescope) shipped inside installed packages;
 # drawings, synthetic patterns and masks are left out. Grey ones become RGB like any upload.
 _PHOTOS = {
-    "skimage": (
-        "data",
-        (
-            "astronaut.png",
-            "brick.png",
-            "camera.png",
-            "cell.png",
-            "chelsea.png",
-            "clock_motion.png",
-            "coffee.png",
-            "coins.png",
-            "grass.png",
-            "gravel.png",
-            "hubble_deep_field.jpg",
-            "ihc.png",
-            "microaneurysms.png",
-            "moon.png",
-            "motorcycle_left.png",
-            "motorcycle_right.png",
-            "page.png",
-            "retina.jpg",
-            "rocket.jpg",
-            "text.png",
-        ),
-    ),
-    "sklearn": ("datasets/images", ("china.jpg", "flower.jpg")),
+    "skimage": ("data", SKIMAGE_PHOTOS),
+    "sklearn": ("datasets/images", SKLEARN_PHOTOS),
     "matplotlib": ("mpl-data/sample_data", ("grace_hopper.jpg",)),
 }
 
