@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.inputs import RAMP_MS, REPO, image_path
-from benchmarks.servers import Running, ServerSpec, check_answer, running
+from benchmarks.servers import Running, ServerSpec, check_answer, on_core_zero, running
 from benchmarks.wrk import LoadResult, run_wrk
 
 __all__ = ["limit", "main", "measure", "to_markdown"]
@@ -180,16 +180,8 @@ def limit(*, repeats: int, batches: list[int]) -> dict[str, Any]:
 
 
 def _limit_pinned(repeats: int, batches: list[int]) -> dict[str, Any]:
-    command = ["taskset", "-c", "0", sys.executable, "-m", "benchmarks.explain", "--limit-only"]
-    done = subprocess.run(
-        [*command, "--repeats", str(repeats), "--batches", *map(str, batches)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-        env=os.environ | {"PYTHONPATH": str(REPO)},
-    )
-    return dict(json.loads(done.stdout))
+    arguments = ["--limit-only", "--repeats", str(repeats), "--batches", *map(str, batches)]
+    return on_core_zero("benchmarks.explain", *arguments)
 
 
 def occlusion_vs_limit(server: Running, *, rounds: int, count: int) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from benchmarks.ab import interleave
 from benchmarks.explain import main as explain_main
 from benchmarks.inputs import MATRIX_MODELS, MODELS, RAMP_MS, REPO, image_path
 from benchmarks.report import write_report
-from benchmarks.servers import ServerSpec, check_answer, running
+from benchmarks.servers import ServerSpec, check_answer, on_core_zero, running
 from benchmarks.wrk import run_wrk
 
 __all__ = ["Cell", "main"]
@@ -89,16 +89,7 @@ def _log(message: str) -> None:
 
 
 def _limit(model: str, seconds: float) -> dict[str, Any]:
-    command = ["taskset", "-c", "0", sys.executable, "-m", "benchmarks.limit", model]
-    done = subprocess.run(
-        [*command, "--seconds", str(seconds)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-        env=os.environ | {"PYTHONPATH": str(REPO)},
-    )
-    return dict(json.loads(done.stdout))
+    return on_core_zero("benchmarks.limit", model, "--seconds", str(seconds))
 
 
 def _cells(

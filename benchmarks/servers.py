@@ -15,10 +15,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks.inputs import RAW, REPO, model_repository
 
-__all__ = ["ServerSpec", "running", "tree_cpu_seconds", "tree_rss_mib"]
+__all__ = ["ServerSpec", "on_core_zero", "running", "tree_cpu_seconds", "tree_rss_mib"]
 
 EXPECTED_LABEL = {
     "lenet5-fashion": "Ankle boot",
@@ -229,3 +230,17 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
     with contextlib.suppress(ProcessLookupError):  # stragglers of a multi-process server
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def on_core_zero(module: str, *args: str) -> dict[str, Any]:
+    """``python -m module args`` pinned to core 0 (the server's core, the server idle): the
+    JSON object it prints (the in-process limits, measured where the server runs)."""
+    done = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )
+    return dict(json.loads(done.stdout))
