@@ -4,7 +4,7 @@
 #   make reliability-report   render docs/reliability.md's table from the last runs' summary
 #   make soak                 the soak test for SOAK_S seconds (default 600), with its figures
 #
-# `make test` runs tests/reliability with the rest (its soak lasts 60 s). Every test writes
+# `make test` runs tests/reliability with the rest (its soak lasts 30 s). Every test writes
 # what it tried and measured to test-artifacts/reliability/summary.json.
 
 SOAK_S ?= 600

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from model_export.datasets import load_dataset
+from model_export.datasets import Split, load_dataset
 from model_export.quantize_measure import interleaved_latency
 from model_export.repository import precision
 
@@ -37,9 +37,14 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def fashion_accuracy(model_path: Path, mean: float, std: float, *, batch: int = 1000) -> float:
-    """Top-1 accuracy of an ONNX model on the official 10k Fashion-MNIST test set."""
+def fashion_accuracy(
+    model_path: Path, mean: float, std: float, *, batch: int = 1000, limit: int | None = None
+) -> float:
+    """Top-1 accuracy of an ONNX model on the official 10k Fashion-MNIST test set (its first
+    ``limit`` images only, for a quick check)."""
     data = load_dataset("fashion-mnist").test
+    if limit is not None:
+        data = Split(data.images[:limit], data.labels[:limit])
     session = _session(model_path)
     name = session.get_inputs()[0].name
     correct = 0
@@ -62,7 +67,11 @@ def _latencies(
     return {version: one[version] | many[version] for version in paths}
 
 
-def measure(model_dir: Path, *, runs: int = 200, runs_batch32: int = 25) -> list[dict[str, object]]:
+def measure(
+    model_dir: Path, *, runs: int = 200, runs_batch32: int = 25, test_images: int | None = None
+) -> list[dict[str, object]]:
+    """A row per model version: precision, size, accuracy on the Fashion-MNIST test set
+    (its first ``test_images``; default all 10k), latency at batch 1 and 32."""
     rows = []
     for card_path in sorted(model_dir.glob("*/model.json")):
         card = json.loads(card_path.read_text())
@@ -75,7 +84,9 @@ def measure(model_dir: Path, *, runs: int = 200, runs_batch32: int = 25) -> list
             ece = card.get("versions", {}).get(version, {}).get("calibration", {}).get("ece", {})
             accuracy = None
             if card.get("dataset") == "fashion-mnist":
-                accuracy = fashion_accuracy(onnx_path, spec["mean"][0], spec["std"][0])
+                accuracy = fashion_accuracy(
+                    onnx_path, spec["mean"][0], spec["std"][0], limit=test_images
+                )
             rows.append(
                 {
                     "name": card["name"],

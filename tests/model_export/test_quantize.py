@@ -320,11 +320,11 @@ def test_a_layer_kept_in_fp32_really_runs_in_fp32(tmp_path: Path) -> None:
     assert ops.count("Conv") == 2 and ops.count("QLinearConv") == 13  # 15 Convs in all
 
 
-@pytest.mark.slow  # the report scores both versions on the full 10k test set, on one thread
+@pytest.mark.slow  # the report scores both versions on the test set, on one thread
 def test_models_report_has_a_row_per_version_with_its_precision(resnet_int8: Path) -> None:
     from model_export.report import measure, to_markdown
 
-    rows = measure(resnet_int8.parent, runs=3, runs_batch32=1)
+    rows = measure(resnet_int8.parent, runs=3, runs_batch32=1, test_images=2000)
     assert [(r["version"], r["precision"]) for r in rows] == [("1", "fp32"), ("2", "int8")]
     fp32, int8 = rows
     assert int8["onnx_bytes"] < fp32["onnx_bytes"] / 2  # int8 weights
