@@ -130,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def index() -> FileResponse:
             return FileResponse(STATIC_DIR / "index.html")
 
-    app.add_middleware(ServiceMiddleware, state=state)
+    app.add_middleware(ServiceMiddleware, state=state, direct=[models.CLASSIFY_ROUTE])
     if settings.cors_origins:
         # Added last, so outermost: even a 401 or 413 from ServiceMiddleware carries the
         # CORS headers a browser needs to show it, and preflights need no key.

@@ -77,8 +77,8 @@ class VersionTrust:
                 score = max_softmax_score(np.log(np.clip(scores, 1e-300, None)))
                 return chances, score, np.zeros((len(scores), 0), bool)
             named = dict(zip(self.outputs, features, strict=True))
-            assessment = self.detector.assess(scores, named)
-        return chances, assessment.score, assessment.past
+            score, past, _ = self.detector.judge(scores, named)
+        return chances, score, past
 
     def verdicts(self, score: np.ndarray, fired: np.ndarray) -> list[Verdict]:
         """The response's ``ood`` object of each row of ``summarise``'s arrays."""

@@ -5,13 +5,20 @@ validation, no error handling. It splits the multipart body by hand, decodes wit
 ``preprocess``, runs ONNX Runtime inline and answers the top class with orjson. Whatever a
 real server adds costs on top of this.
 
+With ``BARE_OFFLOAD=1`` in its environment it does the one thing a hardened server cannot
+leave out (issue 15): the image work (decode, preprocess, inference) runs in a worker thread,
+not on the event loop, one hop there and back per request. The difference between the two is
+the price of that rule alone.
+
     python -m benchmarks.peers.bare_asgi MODEL_DIR/NAME --port 8003
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,12 @@ def build(model_dir: Path) -> Any:
         str(model_dir / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"]
     )
     card = load_card(model_dir / "model.json")
+    pool = ThreadPoolExecutor(1) if os.environ.get("BARE_OFFLOAD") == "1" else None
+
+    def classify(image: bytes) -> bytes:
+        tensor = preprocess(image, card.input, max_pixels=40_000_000)[None]
+        best = int(np.argmax(session.run(None, {"input": tensor})[0][0]))
+        return orjson.dumps({"predictions": [{"index": best, "label": card.labels[best]}]})
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -50,9 +63,10 @@ def build(model_dir: Path) -> Any:
             answer = b'{"status":"ok"}'
         else:
             image = body[body.index(b"\r\n\r\n") + 4 : body.rindex(b"\r\n--")]
-            tensor = preprocess(image, card.input, max_pixels=40_000_000)[None]
-            best = int(np.argmax(session.run(None, {"input": tensor})[0][0]))
-            answer = orjson.dumps({"predictions": [{"index": best, "label": card.labels[best]}]})
+            if pool is None:
+                answer = classify(image)
+            else:
+                answer = await asyncio.get_running_loop().run_in_executor(pool, classify, image)
         await send(
             {
                 "type": "http.response.start",

@@ -7,7 +7,7 @@ are translated here, so no default ``{"detail": ...}`` body ever leaves the serv
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,11 +15,18 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from service.api.responses import JSON
 from service.errors import ServiceError, status_for
 
-__all__ = ["CLIENT_CLOSED", "error_response", "install_handlers", "service_error_response"]
+__all__ = [
+    "CLIENT_CLOSED",
+    "call_endpoint",
+    "error_response",
+    "install_handlers",
+    "service_error_response",
+]
 
 log = logging.getLogger(__name__)
 # nginx's status for "the client closed the connection before the response": never sent (no
@@ -126,3 +133,33 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
+
+
+def _handler_for(handlers: Mapping[Any, Any], exc: Exception) -> Any:
+    """The handler installed for the closest class of ``exc``, short of ``Exception`` (whose
+    handler is the server-error middleware's, as under Starlette); None if there is none."""
+    for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
+        if cls in handlers:
+            return handlers[cls]
+    return None
+
+
+async def call_endpoint(
+    endpoint: Callable[[Request], Awaitable[Response]], scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Serve a request-response endpoint as Starlette's router and exception middleware
+    would: a Request in, its Response sent, an error answered by the handler the app has
+    installed for it (``install_handlers``, looked up along the error's classes). Anything
+    else, as unexpected errors under Starlette, goes up to the server-error middleware and
+    ``_unexpected``. For a route served ahead of the router (``ServiceMiddleware``)."""
+    request = Request(scope, receive)
+    try:
+        response = await endpoint(request)
+    except Exception as exc:
+        handler = _handler_for(scope["app"].exception_handlers, exc)
+        if handler is None:
+            raise
+        response = await handler(request, exc)
+    await response(scope, receive, send)

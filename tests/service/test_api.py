@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -431,7 +432,9 @@ def test_request_ids_and_security_headers(client: TestClient) -> None:
     given = client.get("/health/live", headers={"X-Request-ID": "abc-123"})
     assert given.headers["x-request-id"] == "abc-123"
     generated = client.get("/health/live", headers={"X-Request-ID": "bad id\twith tabs"})
-    assert len(generated.headers["x-request-id"]) == 32
+    assert re.fullmatch("[0-9a-f]{32}", generated.headers["x-request-id"])
+    ids = {client.get("/health/live").headers["x-request-id"] for _ in range(50)}
+    assert len(ids) == 50 and generated.headers["x-request-id"] not in ids
     assert generated.headers["x-content-type-options"] == "nosniff"
     assert "default-src 'self'" in generated.headers["content-security-policy"]
 
