@@ -1,11 +1,12 @@
 #!/bin/sh
 # `make bench-ab`: the side-by-side tables of docs/performance.md (benchmarks/results/ab-*.json;
-# each run also prints its Markdown table). ~16 minutes; run it on a quiet machine.
+# each run also prints its Markdown table). ~20 minutes; run it on a quiet machine.
 #   before       service/ at 3f0f134, the last commit before issue 10's changes
 #   before-api   service/ at cc95978, before the one-pass multipart parser and lean route
 #   after        the working tree
 # and the guard of issues 15 to 21 (hardening, one data plane, explanations, trust, INT8,
-# traces): never slower than before them, beside the bare ASGI ceiling (ab-guard-*.json)
+# traces): never slower than before them, beside the bare ASGI ceiling, inline and with its
+# image work in a thread as the hardening requires (bare-offload) (ab-guard-*.json)
 #   before-15    service/ at cb25619, the last commit before those issues
 # Every server runs version 1 of the model (FP32; benchmarks/inputs.py model_repository).
 set -eu
@@ -31,10 +32,17 @@ $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 4 --seco
   --variant bare=bare --variant plain=plain --variant after=tree \
   --output $OUT/ab-ceiling.json
 $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 5 --seconds 2 \
-  --variant bare=bare --variant plain=plain --variant before-15=$BEFORE_15 --variant after=tree \
-  --output $OUT/ab-guard-lenet.json
+  --variant bare=bare --variant bare-offload=bare,BARE_OFFLOAD=1 --variant plain=plain \
+  --variant before-15=$BEFORE_15 --variant after=tree --output $OUT/ab-guard-lenet.json
 $PY -m benchmarks.ab --model mobilenetv2-imagenet --concurrency 1 32 --rounds 5 --seconds 4 \
   --variant before-15=$BEFORE_15 --variant after=tree --output $OUT/ab-guard-mobilenet.json
+# MobileNetV2 at c=32 once more, with more turns: its single turns spread by +-15 % here.
+$PY -m benchmarks.ab --model mobilenetv2-imagenet --concurrency 32 --rounds 7 --seconds 4 \
+  --variant before-15=$BEFORE_15 --variant after=tree --output $OUT/ab-guard-mobilenet-repeat.json
+# The direct classify route, the counter request ids and the vectorised OOD decision (8e2f7d6)
+# against the commit before them.
+$PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 9 --seconds 2 \
+  --variant head=ref:b9b4cdf --variant after=tree --output $OUT/ab-direct-route.json
 # Which of those issues the LeNet-5 difference comes from: the service after the hardening
 # (96e2997), after the one data plane (674cf6c), after trust per request (ced2403).
 $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 5 --seconds 2 \
