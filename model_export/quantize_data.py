@@ -15,7 +15,6 @@ the tensors the server will feed. Three sources:
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 from PIL import Image, ImageOps
 
-from model_export.photos import SKIMAGE_PHOTOS, SKLEARN_PHOTOS
+from model_export.photos import SKIMAGE_PHOTOS, SKLEARN_PHOTOS, find_photos
 from model_export.quantize_errors import CalibrationDataError
 from service.errors import ServiceError
 from service.model_card import InputSpec
@@ -43,11 +42,11 @@ __all__ = [
 MAX_PIXELS = 40_000_000  # the service's default per-image limit
 # Natural photographs (camera, microscope, telescope) shipped inside installed packages;
 # drawings, synthetic patterns and masks are left out. Grey ones become RGB like any upload.
-_PHOTOS = {
-    "skimage": ("data", SKIMAGE_PHOTOS),
-    "sklearn": ("datasets/images", SKLEARN_PHOTOS),
-    "matplotlib": ("mpl-data/sample_data", ("grace_hopper.jpg",)),
-}
+_PHOTOS = (
+    ("skimage", "data", SKIMAGE_PHOTOS),
+    ("sklearn", "datasets/images", SKLEARN_PHOTOS),
+    ("matplotlib", "mpl-data/sample_data", ("grace_hopper.jpg",)),
+)
 
 
 @dataclass(frozen=True)
@@ -92,20 +91,9 @@ class ArrayReader(CalibrationDataReader):
         return len(self._feeds)
 
 
-def _package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    return Path(spec.origin).parent if spec and spec.origin else None
-
-
 def shipped_photos() -> dict[str, Path]:
     """Name (file stem) -> path of every photograph found in the installed packages."""
-    found: dict[str, Path] = {}
-    for package, (folder, names) in _PHOTOS.items():
-        root = _package_dir(package)
-        for name in names:
-            if root and (root / folder / name).is_file():
-                found[Path(name).stem] = root / folder / name
-    return found
+    return find_photos(_PHOTOS)
 
 
 def _views(image: Image.Image, count: int, rng: np.random.Generator) -> list[Image.Image]:
