@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.api.openapi import IMAGE_BODY, Version, error_responses
+from service.api.openapi import CLASSIFY_PATH, IMAGE_BODY, Version, error_responses
 from service.api.responses import JSON
 from service.api.schemas import (
     FeatureMapResponse,
@@ -34,7 +34,6 @@ from service.visualize import feature_grid_png
 __all__ = ["CLASSIFY_ROUTE", "classify_route", "model_info", "router"]
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-CLASSIFY_PATH = "/v1/models/{name}/classify"
 
 
 def model_info(entry: ModelEntry, version: str | None = None) -> ModelInfo:

@@ -25,9 +25,9 @@ from service.api.uploads import FIELD
 from service.errors import codes_by_status
 from service.v2.schemas import V2Error
 
-__all__ = ["IMAGE_BODY", "Version", "error_responses", "install_openapi"]
+__all__ = ["CLASSIFY_PATH", "IMAGE_BODY", "Version", "error_responses", "install_openapi"]
 
-CLASSIFY_PATH = "/v1/models/{name}/classify"
+CLASSIFY_PATH = "/v1/models/{name}/classify"  # served by service.api.models.CLASSIFY_ROUTE
 VERSION_PATTERN = r"^[0-9]{1,9}$"
 VERSION_DESCRIPTION = (
     "a version; default: the model's default version (model.json's default_version, else "
