@@ -53,20 +53,20 @@ class Cancelled(Exception):
 
 
 class CancelToken:
-    """Set by the event loop when a request gives up; checked by workers between images."""
+    """Set by the event loop when a request gives up; checked by workers between images. A
+    plain flag: one attribute written under the GIL is seen by every thread (a
+    ``threading.Event`` built a lock and a condition per request for the same)."""
+
+    __slots__ = ("cancelled",)
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self.cancelled = False
 
     def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
+        self.cancelled = True
 
     def check(self) -> None:
-        if self._event.is_set():
+        if self.cancelled:
             raise Cancelled
 
 
