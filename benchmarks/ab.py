@@ -2,8 +2,10 @@
 
 On a machine other people use, two runs minutes apart are not comparable. This starts every
 variant at once (all pinned to core 0, idle until loaded), then measures them in turn, round
-after round, with wrk on core 1, and reports medians, including images per CPU-second (the
-server's own CPU time, which other load barely moves).
+after round (each round starting one variant later), with wrk on core 1, and reports medians,
+including images per CPU-second (the server's own CPU time, which other load barely moves),
+and each variant against the first, paired round by round (``vs_first``: the median of the
+per-round ratios, which a slow spell of the machine moves far less than the medians).
 
 A variant is NAME=SOURCE[,KEY=VALUE...]; SOURCE is ``tree`` (the working tree),
 ``ref:REF`` (service/ as at a git commit), ``patch:FILE`` (the working tree's service/ with a
@@ -92,8 +94,11 @@ def interleave(
             for server in servers:
                 run_wrk(server.url, image, seconds=1, **load)  # warm up
                 server.settle()  # its leftovers must not run during the next one's turn
-            for _ in range(rounds):
-                for server in servers:
+            for turn in range(rounds):
+                # Each round starts one server later: no variant always goes first (on this
+                # VM, a fixed order gave the first of four identical servers 10 % less).
+                shift = turn % len(servers)
+                for server in servers[shift:] + servers[:shift]:
                     cpu = server.cpu_seconds()
                     result = run_wrk(server.url, image, seconds=seconds, **load)
                     cpu = server.cpu_seconds() - cpu
@@ -103,6 +108,8 @@ def interleave(
                         (result.requests_per_s, done / cpu if cpu else 0.0, result.p50_ms,
                          result.p99_ms)
                     )  # fmt: skip
+            first_label = servers[0].spec.label
+            first = [r[0] for r in samples[first_label]]
             for label, runs in samples.items():
                 row = {
                     "variant": label.removeprefix("ab-"),
@@ -114,6 +121,7 @@ def interleave(
                     "p50_ms": round(statistics.median(r[2] for r in runs), 3),
                     "p99_ms": round(statistics.median(r[3] for r in runs), 3),
                     "runs_requests_per_s": [round(r[0]) for r in runs],
+                    **paired([r[0] for r in runs], None if label == first_label else first),
                 }
                 rows.append(row)
                 if echo:
@@ -127,19 +135,42 @@ def interleave(
     return rows
 
 
+def paired(runs: list[float], first: list[float] | None) -> dict[str, Any]:
+    """A variant against the first one named (None: this is the first), round by round (the
+    two measured minutes apart at most, so a slow spell of the machine hits both): the
+    median of the per-round ratios of requests/s, and in how many rounds the variant was
+    the faster."""
+    if first is None:
+        return {"vs_first": None, "faster_than_first": None}
+    ratios = [mine / theirs for mine, theirs in zip(runs, first, strict=True) if theirs]
+    return {
+        "vs_first": round(statistics.median(ratios), 3) if ratios else None,
+        "faster_than_first": sum(ratio > 1 for ratio in ratios),
+    }
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The medians as the Markdown table docs/performance.md quotes."""
     lines = [
-        "| variant | c | req/s | img/s | img/CPU-s | p50 ms | p99 ms |",
-        "|---|--:|--:|--:|--:|--:|--:|",
+        "| variant | c | req/s | img/s | img/CPU-s | p50 ms | p99 ms | vs first, paired |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for row in sorted(rows, key=lambda r: r["concurrency"]):  # stable: variants in order
         lines.append(
             f"| {row['variant']} | {row['concurrency']} | {row['requests_per_s']:,.0f} "
             f"| {row['requests_per_s'] * row['images_per_request']:,.0f} "
-            f"| {row['images_per_cpu_s']:,.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |"
+            f"| {row['images_per_cpu_s']:,.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+            f"| {_versus(row)} |"
         )
     return "\n".join(lines)
+
+
+def _versus(row: dict[str, Any]) -> str:
+    """ "1.08x (7/9)": the paired ratio and the rounds won; blank for the first variant."""
+    if row.get("vs_first") is None:
+        return ""
+    rounds = len(row["runs_requests_per_s"])
+    return f"{row['vs_first']:.2f}x ({row['faster_than_first']}/{rounds})"
 
 
 def main(argv: list[str] | None = None) -> None:

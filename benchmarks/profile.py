@@ -7,7 +7,8 @@ Each sample is charged to the innermost frame that belongs to a known part of th
 the server's CPU time per request comes from /proc. ``--before REF`` profiles the service
 as it was at a git commit (extracted with ``git archive`` and put first on PYTHONPATH).
 
-Writes ``results/profile.json`` and ``results/profile.md``; raw py-spy output in raw/.
+Writes ``results/profile.json`` and ``results/profile.md`` (``--output NAME``: NAME.json and
+NAME.md), with cnnserve's own functions that took the most samples; raw py-spy output in raw/.
 """
 
 from __future__ import annotations
@@ -83,6 +84,22 @@ def _summarise(raw: Path) -> dict[str, float]:
     return {part: round(n / total, 4) for part, n in counts.most_common()}
 
 
+def _own_functions(raw: Path, top: int = 12) -> dict[str, float]:
+    """The share of all samples spent in each of cnnserve's own functions (``service/``,
+    self time: the innermost frame), the ``top`` largest."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not (stack and count.isdigit()):
+            continue
+        total += int(count)
+        match = _FRAME.match(stack.split(";")[-1])
+        if match and match["file"].startswith("service/"):
+            counts[f"{match['function']} ({match['file']})"] += int(count)
+    return {name: round(n / (total or 1), 4) for name, n in counts.most_common(top)}
+
+
 def _stage_seconds(url: str) -> dict[str, float]:
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     found: dict[str, float] = {}
@@ -148,6 +165,7 @@ def profile(
             for stage in stages_after
         },
         "gil_share_by_part": _summarise(raw),
+        "own_functions": _own_functions(raw),
     }
 
 
@@ -182,6 +200,13 @@ def _markdown(runs: list[dict[str, Any]]) -> str:
             + " | ".join(f"{r['gil_share_by_part'].get(part, 0):.1%}" for r in runs)
             + " |"
         )
+    for run in runs:
+        lines += [
+            "",
+            f"cnnserve's own functions, {run['label']}: share of all samples, self time",
+            "",
+        ]
+        lines += [f"- {share:.1%} {name}" for name, share in run.get("own_functions", {}).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -197,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="another column: NAME=SOURCE[,KEY=VALUE...] as in benchmarks.ab",
     )
+    parser.add_argument(
+        "--output", default="profile", help="results/NAME.json and NAME.md (default: profile)"
+    )
     args = parser.parse_args(argv)
     runs = [
         profile("before", args.model, args.concurrency, args.seconds, args.before),
@@ -207,8 +235,8 @@ def main(argv: list[str] | None = None) -> None:
         source = text.partition("=")[2].split(",")[0]
         run = profile(spec.label, args.model, args.concurrency, args.seconds, None, spec.env)
         runs.append(run | {"ref": source})
-    (RESULTS / "profile.json").write_text(json.dumps(runs, indent=1) + "\n")
-    (RESULTS / "profile.md").write_text(_markdown(runs))
+    (RESULTS / f"{args.output}.json").write_text(json.dumps(runs, indent=1) + "\n")
+    (RESULTS / f"{args.output}.md").write_text(_markdown(runs))
     print(_markdown(runs))
 
 

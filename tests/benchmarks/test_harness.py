@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from benchmarks.profile import OTHER, charge
+from benchmarks.ab import paired
+from benchmarks.profile import OTHER, _own_functions, charge
 from benchmarks.report import targets, write_report
 from benchmarks.run import MANY, ONE_CORE, TWO_CORES, _cells
 
@@ -130,3 +131,27 @@ def test_profile_samples_are_charged_to_the_innermost_known_part() -> None:
         "HTTP server (uvicorn, httptools)"
     )
     assert charge("<module> (x.py:1)") == OTHER
+
+
+def test_profile_lists_cnnserve_functions_by_their_own_samples(tmp_path: Path) -> None:
+    raw = tmp_path / "profile.txt"
+    raw.write_text(
+        "run (uvicorn/main.py:1);top_k (service/postprocess.py:14) 3\n"
+        "run (uvicorn/main.py:1);top_k (service/postprocess.py:15);argsort (numpy/f.py:2) 5\n"
+        "classify (service/dataplane.py:9);_finite (service/dataplane.py:70) 1\n"
+        "run (uvicorn/main.py:1) 11\n"
+    )
+    # Self time only (argsort's samples are numpy's), over all 20 samples, largest first.
+    assert _own_functions(raw) == {
+        "top_k (service/postprocess.py)": 0.15,
+        "_finite (service/dataplane.py)": 0.05,
+    }
+    assert list(_own_functions(raw, top=1)) == ["top_k (service/postprocess.py)"]
+
+
+def test_ab_pairs_each_round_with_the_first_variant() -> None:
+    first = [100.0, 50.0, 100.0]
+    # A slow spell (round 2) halves both: the paired ratio stays 1.1.
+    assert paired([110.0, 55.0, 110.0], first) == {"vs_first": 1.1, "faster_than_first": 3}
+    assert paired([90.0, 60.0, 80.0], first) == {"vs_first": 0.9, "faster_than_first": 1}
+    assert paired([100.0], None) == {"vs_first": None, "faster_than_first": None}
