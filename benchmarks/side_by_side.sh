@@ -1,6 +1,6 @@
 #!/bin/sh
 # `make bench-ab`: the side-by-side tables of docs/performance.md (benchmarks/results/ab-*.json;
-# each run also prints its Markdown table). ~20 minutes; run it on a quiet machine.
+# each run also prints its Markdown table). ~30 minutes; run it on a quiet machine.
 #   before       service/ at 3f0f134, the last commit before issue 10's changes
 #   before-api   service/ at cc95978, before the one-pass multipart parser and lean route
 #   after        the working tree
@@ -32,8 +32,9 @@ $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 4 --seco
   --variant bare=bare --variant plain=plain --variant after=tree \
   --output $OUT/ab-ceiling.json
 $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 5 --seconds 2 \
-  --variant bare=bare --variant bare-offload=bare,BARE_OFFLOAD=1 --variant plain=plain \
-  --variant before-15=$BEFORE_15 --variant after=tree --output $OUT/ab-guard-lenet.json
+  --variant before-15=$BEFORE_15 --variant after=tree --variant bare=bare \
+  --variant bare-offload=bare,BARE_OFFLOAD=1 --variant plain=plain \
+  --output $OUT/ab-guard-lenet.json
 $PY -m benchmarks.ab --model mobilenetv2-imagenet --concurrency 1 32 --rounds 5 --seconds 4 \
   --variant before-15=$BEFORE_15 --variant after=tree --output $OUT/ab-guard-mobilenet.json
 # MobileNetV2 at c=32 once more, with more turns: its single turns spread by +-15 % here.
@@ -48,3 +49,18 @@ $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 9 --seco
 $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 5 --seconds 2 \
   --variant before-15=$BEFORE_15 --variant hardened=ref:96e2997 --variant one-plane=ref:674cf6c \
   --variant trust=ref:ced2403 --variant after=tree --output $OUT/ab-guard-lenet-steps.json
+# The floor under issue 19's target: the bare function with its image work batched on one
+# thread, and with the cheapest form of every feature the issue keeps (ab-floor.json).
+$PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 7 --seconds 2 \
+  --variant bare=bare --variant bare-offload=bare,BARE_OFFLOAD=1 \
+  --variant bare-batch=bare,BARE_OFFLOAD=batch --variant bare-features=bare,BARE_FEATURES=1 \
+  --variant bare-features-batch=bare,BARE_FEATURES=1,BARE_OFFLOAD=batch --variant after=tree \
+  --output $OUT/ab-floor.json
+# Where cnnserve's time goes, by taking parts out (benchmarks/ablations/: not changes to
+# keep), beside a second identical server: the noise between two processes (ab-ablation.json).
+$PY -m benchmarks.ab --model lenet5-fashion --concurrency 32 --rounds 15 --seconds 2 \
+  --variant after=tree --variant after-again=tree \
+  --variant no-middleware=patch:benchmarks/ablations/no-middleware.patch \
+  --variant no-multipart=patch:benchmarks/ablations/no-multipart.patch \
+  --variant no-postprocess=patch:benchmarks/ablations/no-postprocess.patch \
+  --variant all-three=patch:benchmarks/ablations/all-three.patch --output $OUT/ab-ablation.json
