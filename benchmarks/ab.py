@@ -96,7 +96,7 @@ def interleave(
                 server.settle()  # its leftovers must not run during the next one's turn
             for turn in range(rounds):
                 # Each round starts one server later: no variant always goes first (on this
-                # VM, a fixed order gave the first of four identical servers 10 % less).
+                # VM, a fixed order gave the first of four identical servers 3 to 12 % less).
                 shift = turn % len(servers)
                 for server in servers[shift:] + servers[:shift]:
                     cpu = server.cpu_seconds()
