@@ -6,15 +6,13 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from benchmarks.report import targets_table, verdict
+
 __all__ = ["CAM_RATIO", "OCCLUSION_RATIO", "P99_RATIO", "targets", "to_markdown"]
 
 # Issue 16's targets: cam's latency, occlusion against ONNX Runtime alone, classify's p99
 # beside occlusions.
 CAM_RATIO, OCCLUSION_RATIO, P99_RATIO = 1.3, 1.25, 3.0
-
-
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "**not met**"
 
 
 def targets(report: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -25,20 +23,20 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"cam at c=1: latency <= {CAM_RATIO}x classify's",
             f"{cam['ratio_p50']:.2f}x p50 ({cam['cam']['p50_ms']:.1f} vs "
             f"{cam['classify']['p50_ms']:.1f} ms), {cam['ratio_p90']:.2f}x p90",
-            _verdict(cam["ratio_p50"] <= CAM_RATIO),
+            verdict(cam["ratio_p50"] <= CAM_RATIO),
         ),
         (
             f"occlusion, {occ['copies']} copies: <= {OCCLUSION_RATIO}x ONNX Runtime alone",
             f"{occ['ratio']:.2f}x ({occ['served']['seconds_median']:.2f} s vs "
             f"{occ['limit']['seconds_median']:.2f} s at batch {occ['limit_batch']}); "
             f"{occ['cpu_ratio']:.2f}x in CPU seconds",
-            _verdict(occ["ratio"] <= OCCLUSION_RATIO),
+            verdict(occ["ratio"] <= OCCLUSION_RATIO),
         ),
         (
             f"classify c=8 beside occlusions: p99 <= {P99_RATIO:g}x its p99 alone",
             f"{beside['ratio_p99']:.2f}x ({beside['beside']['p99_ms']:.0f} vs "
             f"{beside['alone']['p99_ms']:.0f} ms)",
-            _verdict(beside["ratio_p99"] <= P99_RATIO),
+            verdict(beside["ratio_p99"] <= P99_RATIO),
         ),
     ]
 
@@ -59,11 +57,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"(1 min) {start[0]:.2f} at the start, {end[0]:.2f} at the end (above 0.5 the machine "
         f"was not quiet: the figures are provisional); {meta['wall_s']} s in all.",
         "",
-        "## Targets",
-        "",
-        "| target | measured | |",
-        "|---|---|---|",
-        *(f"| {t} | {m} | {v} |" for t, m, v in report["targets"]),
+        *targets_table([tuple(row) for row in report["targets"]]),
         "",
         "## cam and classify at concurrency 1 (alternating runs; medians)",
         "",

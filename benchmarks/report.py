@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["targets", "write_report"]
+__all__ = ["targets", "targets_table", "verdict", "write_report"]
 
 LENET, MOBILENET = "lenet5-fashion", "mobilenetv2-imagenet"
 
@@ -23,8 +23,20 @@ def _best(cells: list[dict[str, Any]], **want: Any) -> dict[str, Any] | None:
     return max(found, key=lambda c: c["images_per_s"]) if found else None
 
 
-def _verdict(ok: bool | None) -> str:
+def verdict(ok: bool | None) -> str:
+    """A target's verdict as the reports print it."""
     return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+
+def targets_table(rows: list[tuple[str, str, str]]) -> list[str]:
+    """The "Targets" section of a report: (target, measured, verdict) rows."""
+    return [
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        *(f"| {t} | {m} | {v} |" for t, m, v in rows),
+    ]
 
 
 def _limit_row(
@@ -33,7 +45,7 @@ def _limit_row(
     """A target row: the cell's images/s as a share of the in-process limit's best."""
     share = cell["images_per_s"] / limit["best_images_per_s"]
     per_cpu = cell["images_per_cpu_s"] / limit["best_images_per_cpu_s"]
-    return target, f"{share:.0%} ({where}{per_cpu:.0%} per CPU-second)", _verdict(share >= minimum)
+    return target, f"{share:.0%} ({where}{per_cpu:.0%} per CPU-second)", verdict(share >= minimum)
 
 
 def targets(report: dict[str, Any], memory: dict[str, Any] | None) -> list[tuple[str, str, str]]:
@@ -52,12 +64,12 @@ def targets(report: dict[str, Any], memory: dict[str, Any] | None) -> list[tuple
             (
                 "lenet c=32: >= 2x plain FastAPI req/s",
                 f"{ratio:.2f}x ({per_cpu:.2f}x per CPU-second)",
-                _verdict(ratio >= 2),
+                verdict(ratio >= 2),
             )
         )
     if ours and lit:
         ratio = ours["requests_per_s"] / lit["requests_per_s"]
-        rows.append(("lenet c=32: > LitServe req/s", f"{ratio:.2f}x", _verdict(ratio > 1)))
+        rows.append(("lenet c=32: > LitServe req/s", f"{ratio:.2f}x", verdict(ratio > 1)))
     many = _best(cells, server="cnnserve", model=LENET, images_per_request=64)
     if many and LENET in limits:
         rows.append(
@@ -74,7 +86,7 @@ def targets(report: dict[str, Any], memory: dict[str, Any] | None) -> list[tuple
             )
         )
         tail = mob["p99_ms"] / mob["p50_ms"] if mob["p50_ms"] else float("inf")
-        rows.append(("mobilenet c=32: p99 <= 1.5x p50", f"{tail:.2f}x", _verdict(tail <= 1.5)))
+        rows.append(("mobilenet c=32: p99 <= 1.5x p50", f"{tail:.2f}x", verdict(tail <= 1.5)))
     side_by_side = report.get("batching_c1", [])
     for model in (LENET, MOBILENET):
         batched = _find(side_by_side, variant="cnnserve", model=model)
@@ -86,7 +98,7 @@ def targets(report: dict[str, Any], memory: dict[str, Any] | None) -> list[tuple
                     f"{model} c=1: batching costs <= 10% p50 vs max_batch_size=1",
                     f"{slower:+.1%} (p50 {batched['p50_ms']:.2f} vs {single['p50_ms']:.2f} ms, "
                     "interleaved)",
-                    _verdict(slower <= 0.10),
+                    verdict(slower <= 0.10),
                 )
             )
     if memory:
@@ -95,7 +107,7 @@ def targets(report: dict[str, Any], memory: dict[str, Any] | None) -> list[tuple
             (
                 f"RSS flat within 10% over {memory['minutes']} min at c={memory['concurrency']}",
                 f"{growth:+.1%}",
-                _verdict(abs(growth) <= 0.10),
+                verdict(abs(growth) <= 0.10),
             )
         )
     return rows
@@ -145,11 +157,7 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
         "",
         "Method and analysis: [docs/performance.md](../../docs/performance.md).",
         "",
-        "## Targets",
-        "",
-        "| target | measured | |",
-        "|---|---|---|",
-        *(f"| {t} | {m} | {v} |" for t, m, v in targets(report, memory)),
+        *targets_table(targets(report, memory)),
         "",
         "## In-process limit (ONNX Runtime, decode and preprocess included, core 0)",
         "",
