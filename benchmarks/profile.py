@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -74,12 +75,18 @@ def charge(stack: str) -> str:
     return OTHER
 
 
-def _summarise(raw: Path) -> dict[str, float]:
-    counts: Counter[str] = Counter()
+def _samples(raw: Path) -> Iterator[tuple[str, int]]:
+    """(collapsed stack, sample count) of each line of py-spy's raw output."""
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
-            counts[charge(stack)] += int(count)
+            yield stack, int(count)
+
+
+def _summarise(raw: Path) -> dict[str, float]:
+    counts: Counter[str] = Counter()
+    for stack, count in _samples(raw):
+        counts[charge(stack)] += count
     total = sum(counts.values()) or 1
     return {part: round(n / total, 4) for part, n in counts.most_common()}
 
@@ -89,14 +96,11 @@ def _own_functions(raw: Path, top: int = 12) -> dict[str, float]:
     self time: the innermost frame), the ``top`` largest."""
     counts: Counter[str] = Counter()
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not (stack and count.isdigit()):
-            continue
-        total += int(count)
-        match = _FRAME.match(stack.split(";")[-1])
+    for stack, count in _samples(raw):
+        total += count
+        match = _FRAME.match(stack.rpartition(";")[2])
         if match and match["file"].startswith("service/"):
-            counts[f"{match['function']} ({match['file']})"] += int(count)
+            counts[f"{match['function']} ({match['file']})"] += count
     return {name: round(n / (total or 1), 4) for name, n in counts.most_common(top)}
 
 
