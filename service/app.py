@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from service import __name__ as _package
 from service import tracing
@@ -103,7 +104,7 @@ def _telemetry(untraced: frozenset[str], traced: bool) -> TelemetryConfig:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for ``settings`` (default: from CNNSERVE_* environment variables)."""
     settings = settings or Settings()
-    app = FastAPI(
+    app = _Service(
         title="cnnserve",
         version=VERSION,
         summary="CNN inference over HTTP with ONNX Runtime: classification, feature maps, "
@@ -130,21 +131,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def index() -> FileResponse:
             return FileResponse(STATIC_DIR / "index.html")
 
-    app.add_middleware(ServiceMiddleware, state=state, direct=[models.CLASSIFY_ROUTE])
-    if settings.cors_origins:
-        # Added last, so outermost: even a 401 or 413 from ServiceMiddleware carries the
-        # CORS headers a browser needs to show it, and preflights need no key.
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=[
-                *("Authorization", "X-API-Key", "Content-Type", "X-Request-ID"),
-                *("traceparent", "tracestate"),  # a traced web page's context
-            ],
-        )
     log.debug("%s app built for %s", _package, settings.model_dir)
     return app
+
+
+class _Service(FastAPI):
+    """FastAPI with cnnserve's middleware outside its own layers: ``ServiceMiddleware``
+    (and, when configured, CORS, outermost, so that even a 401 or 413 from the service
+    middleware carries the headers a browser needs to show it, and preflights need no key)
+    wraps FastAPI's error, telemetry and body-limit middleware. So the hot path it serves
+    directly (classify) passes through none of them, and a 500 from the server-error
+    middleware carries the request id and security headers like every other answer."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        state: AppState = self.state.cnnserve
+        app: ASGIApp = ServiceMiddleware(
+            super().build_middleware_stack(), state=state, direct=[models.CLASSIFY_ROUTE]
+        )
+        if state.settings.cors_origins:
+            app = CORSMiddleware(
+                app,
+                allow_origins=state.settings.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=[
+                    *("Authorization", "X-API-Key", "Content-Type", "X-Request-ID"),
+                    *("traceparent", "tracestate"),  # a traced web page's context
+                ],
+            )
+        return app
 
 
 def create_app_from_env() -> FastAPI:

@@ -20,7 +20,7 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 import numpy as np
 
@@ -50,11 +50,17 @@ __all__ = ["Classification", "DataPlane", "FeatureMap"]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Classification:
+class Prediction(TypedDict):
+    index: int
+    label: str
+    probability: float
+
+
+class Classification(TypedDict):
+    """One image's result, in the native API's shape (``ClassifyResponse.results``)."""
+
     filename: str | None
-    indices: list[int]  # top-k class indices, most probable first
-    probabilities: list[float]
+    predictions: list[Prediction]  # top-k classes, most probable first
     ood: Verdict  # how unlike the training data: score, threshold, flagged, method
 
 
@@ -67,7 +73,10 @@ class FeatureMap:
 def _finite(model: ModelVersion, outputs: Outputs) -> Outputs:
     """``outputs``, unless a row of scores holds NaN or infinities: no client may get them."""
     scores = outputs[0]
-    if np.isfinite(scores).all():
+    # A sum is finite when every term is (NaN and infinities carry through it); one pass
+    # in Python costs a third of numpy's two calls on a request's few rows. A sum that
+    # overflowed is settled by numpy.
+    if math.isfinite(sum(scores.ravel().tolist())) or np.isfinite(scores).all():
         return outputs
     rows = np.flatnonzero(~np.isfinite(scores.reshape(len(scores), -1)).all(axis=1))
     raise ModelOutputError(
@@ -150,7 +159,7 @@ class DataPlane:
         outputs = await model.batcher.submit(
             batch, timeout_s=self.settings.request_timeout_s, ticket=ticket, full=full
         )
-        self.metrics.images.labels(model.runtime.name).inc(len(batch))
+        self.metrics.child(self.metrics.images, model.runtime.name).inc(len(batch))
         return _finite(model, outputs)
 
     async def probabilities(self, model: ModelVersion, batch: np.ndarray) -> np.ndarray:
@@ -200,7 +209,7 @@ class DataPlane:
                     except Elsewhere as moved:
                         batch = await decoder.spread(spec, name, images, moved.opened, token)
                     else:
-                        self.metrics.images.labels(model.runtime.name).inc(len(images))
+                        self.metrics.child(self.metrics.images, model.runtime.name).inc(len(images))
                         return _finite(model, output)
                 else:
                     batch = await self.prepare(model, images, token=token)
@@ -220,7 +229,8 @@ class DataPlane:
         """Top-``k`` classes of each image, on ``model`` (or, if it was swapped out
         meanwhile, on the ``version`` of the same name serving now), with calibrated
         probabilities (raw softmax if not ``calibrated``) and each image's out-of-
-        distribution verdict, from the same forward pass."""
+        distribution verdict, from the same forward pass: the native API's ``results``,
+        one per image in request order."""
         classes = len(model.runtime.card.labels)
         if not 1 <= k <= classes:
             raise InvalidParameterError(
@@ -229,20 +239,31 @@ class DataPlane:
                 minimum=1,
                 maximum=classes,
             )
-        served, (scores, chances, ood_score, fired) = await self._current(
+        served, (scores, order, ranked, ood_score, fired) = await self._current(
             model, version, functools.partial(self.run_images, images=images)
         )
-        tracing.annotate(model=served.runtime.name, version=served.version, images=len(images))
-        trust = served.runtime.trust
+        runtime = served.runtime
+        tracing.annotate(model=runtime.name, version=served.version, images=len(images))
+        trust = runtime.trust
         with tracing.span("postprocess"):
             verdicts = trust.verdicts(ood_score, fired)
-            if not calibrated:
+            if calibrated:  # ranked once per batch on the batcher's thread
+                indices, values = order[:, :k].tolist(), ranked[:, :k].tolist()
+            else:
                 chances = trust.probabilities(scores, calibrated=False)
-            indices, values = (a.tolist() for a in top_k(chances, k))  # Python numbers
-        self.metrics.observe_ood(served.runtime.name, verdicts)
+                indices, values = (a.tolist() for a in top_k(chances, k))  # Python numbers
+        self.metrics.observe_ood(runtime.name, verdicts)
+        labels = runtime.card.labels
         return served, [
-            Classification(name, indices[i], values[i], verdicts[i])
-            for i, (name, _) in enumerate(images)
+            {
+                "filename": filename,
+                "predictions": [
+                    {"index": i, "label": labels[i], "probability": p}
+                    for i, p in zip(indices[row], values[row], strict=True)
+                ],
+                "ood": verdicts[row],
+            }
+            for row, (filename, _) in enumerate(images)
         ]
 
     # -- feature maps ------------------------------------------------------------------

@@ -153,6 +153,7 @@ class Metrics:
         r = CollectorRegistry(auto_describe=True)
         self.registry = r
         self._stop = threading.Event()
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         if self.multiprocess:
             self.registry = CollectorRegistry()
             self.registry.register(_AllWorkers(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])))
@@ -245,16 +246,26 @@ class Metrics:
         """Stop the queue-depth sampler (multiprocess mode)."""
         self._stop.set()
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (prometheus_client's
+        lookup validates and locks on every call). The sets are bounded: route templates,
+        models in the repository, statuses."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def observe_ood(self, model: str, verdicts: list[dict[str, Any]]) -> None:
         """Record a request's out-of-distribution verdicts: a drift in what clients send
         shows in the scores' distribution and the flagged count."""
-        scores = self.ood_scores.labels(model)
+        scores = self.child(self.ood_scores, model)
         flagged = 0
         for verdict in verdicts:
             scores.observe(verdict["score"])
-            flagged += bool(verdict["flagged"])
+            flagged += verdict["flagged"]
         if flagged:
-            self.ood_flagged.labels(model).inc(flagged)
+            self.child(self.ood_flagged, model).inc(flagged)
 
     def batch_observer(self, model: str) -> BatchObserver:
         size = self.batch_size.labels(model)

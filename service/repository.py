@@ -177,6 +177,10 @@ class ModelRepository:
             p.name for p in self.model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
         )
 
+    def known(self, name: str) -> bool:
+        """Whether ``name`` is in the repository (one dict lookup: atomic, no lock)."""
+        return name in self._entries
+
     def names(self) -> set[str]:
         with self._lock:
             return set(self._entries)

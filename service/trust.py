@@ -23,7 +23,7 @@ import numpy as np
 from service.model_card import ModelCard
 from service.ood import OodDetector, max_softmax_score
 from service.ood_file import OodStatsError, load_detector
-from service.postprocess import probabilities
+from service.postprocess import probabilities, top_k
 
 __all__ = ["Verdict", "VersionTrust"]
 
@@ -65,20 +65,22 @@ class VersionTrust:
 
     def summarise(
         self, scores: np.ndarray, features: tuple[np.ndarray, ...]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A batch's calibrated probabilities (N, classes), out-of-distribution score (N,)
-        and which methods fired (N, methods), from the model's scores and the layer outputs
-        (``outputs``): computed once per batch in the inference thread
-        (``ModelRuntime.infer``), vectorised over its rows; each request then reads its rows
-        (``verdicts``)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A batch's classes ranked by calibrated probability (N, classes: most probable
+        first, ties to the lower index, as ``top_k``), those probabilities in that order,
+        the out-of-distribution score (N,) and which methods fired (N, methods), from the
+        model's scores and the layer outputs (``outputs``): computed once per batch in the
+        inference thread (``ModelRuntime.infer``), vectorised over its rows; each request
+        then reads the first k of its rows (``DataPlane.classify``)."""
         with np.errstate(all="ignore"):  # a row of NaN scores is refused later, not here
             chances = self.probabilities(scores)
+            order, ranked = top_k(chances, chances.shape[-1])
             if self.kind == "probabilities" and not self.detector.fitted:
                 score = max_softmax_score(np.log(np.clip(scores, 1e-300, None)))
-                return chances, score, np.zeros((len(scores), 0), bool)
+                return order, ranked, score, np.zeros((len(scores), 0), bool)
             named = dict(zip(self.outputs, features, strict=True))
             score, past, _ = self.detector.judge(scores, named)
-        return chances, score, past
+        return order, ranked, score, past
 
     def verdicts(self, score: np.ndarray, fired: np.ndarray) -> list[Verdict]:
         """The response's ``ood`` object of each row of ``summarise``'s arrays."""

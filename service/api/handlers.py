@@ -7,7 +7,7 @@ are translated here, so no default ``{"detail": ...}`` body ever leaves the serv
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.responses import JSON
 from service.errors import ServiceError, status_for
@@ -147,19 +147,24 @@ def _handler_for(handlers: Mapping[Any, Any], exc: Exception) -> Any:
 
 
 async def call_endpoint(
-    endpoint: Callable[[Request], Awaitable[Response]], scope: Scope, receive: Receive, send: Send
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, *, responded: Callable[[], bool]
 ) -> None:
-    """Serve a request-response endpoint as Starlette's router and exception middleware
-    would: a Request in, its Response sent, an error answered by the handler the app has
-    installed for it (``install_handlers``, looked up along the error's classes). Anything
-    else, as unexpected errors under Starlette, goes up to the server-error middleware and
-    ``_unexpected``. For a route served ahead of the router (``ServiceMiddleware``)."""
-    request = Request(scope, receive)
+    """Serve a route's ASGI app as Starlette's router, exception and server-error middleware
+    would: an error it raises before its response has started is answered by the handler
+    the app has installed for it (``install_handlers``, looked up along the error's
+    classes); an unexpected one by ``_unexpected``'s 500, and raised again for the server
+    to log, as Starlette does. For a route served ahead of them (``ServiceMiddleware``)."""
     try:
-        response = await endpoint(request)
+        await app(scope, receive, send)
     except Exception as exc:
-        handler = _handler_for(scope["app"].exception_handlers, exc)
-        if handler is None:
+        if responded():
             raise
-        response = await handler(request, exc)
-    await response(scope, receive, send)
+        handlers = scope["app"].exception_handlers
+        handler = _handler_for(handlers, exc)
+        request = Request(scope, receive)
+        if handler is not None:
+            response = await handler(request, exc)
+            await response(scope, receive, send)
+            return
+        await (await _unexpected(request, exc))(scope, receive, send)
+        raise

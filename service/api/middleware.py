@@ -71,12 +71,15 @@ _SECURITY_HEADERS = [
         b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     ),
 ]
+_SECURITY_NAMES = frozenset(name for name, _ in _SECURITY_HEADERS)
 
 
 def _disarm(deadline: asyncio.Timeout) -> None:
     """Stop a deadline that is running; one not entered, expired or over is left alone."""
-    with contextlib.suppress(RuntimeError):  # asyncio's word for "not running"
+    try:  # noqa: SIM105 (contextlib.suppress costs a context manager on every request)
         deadline.reschedule(None)
+    except RuntimeError:  # asyncio's word for "not running"
+        pass
 
 
 class _ClientWatch:
@@ -189,18 +192,22 @@ class ServiceMiddleware:
         trace_id = tracing.trace_id()
         tracing.annotate(request_id=request_id)
 
+        extra = [(b"x-request-id", request_id.encode())]
+        if trace_id:
+            extra.append((b"x-trace-id", trace_id.encode()))
+
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 watch.responded = True
                 _disarm(deadline)  # a response that has started is not cut off
                 status["code"] = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                if trace_id:
-                    headers.append((b"x-trace-id", trace_id.encode()))
-                present = {name.lower() for name, _ in headers}
+                headers = [*message.get("headers", ()), *extra]
                 # A response may set its own policy (the API docs page does): keep it.
-                headers.extend(h for h in _SECURITY_HEADERS if h[0] not in present)
+                if any(name.lower() in _SECURITY_NAMES for name, _ in headers):
+                    present = {name.lower() for name, _ in headers}
+                    headers.extend(h for h in _SECURITY_HEADERS if h[0] not in present)
+                else:
+                    headers.extend(_SECURITY_HEADERS)
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -287,7 +294,13 @@ class ServiceMiddleware:
                     if route is None:
                         await self.app(scope, watch.receive, send)
                     else:
-                        await call_endpoint(route.endpoint, scope, watch.receive, send)
+                        await call_endpoint(
+                            route.endpoint,
+                            scope,
+                            watch.receive,
+                            send,
+                            responded=lambda: watch.responded,
+                        )
                 finally:
                     del self._running[deadline]
         except TimeoutError:
@@ -332,18 +345,20 @@ class ServiceMiddleware:
         route = scope.get("route")
         endpoint = getattr(route, "path", None) or "unmatched"
         model = scope.get("path_params", {}).get("name", "")
-        if model and model not in self.state.repository.names():
+        if model and not self.state.repository.known(model):
             model = ""  # unknown names must not become label values (unbounded cardinality)
-        self.state.metrics.requests.labels(endpoint, model, str(status)).inc()
-        self.state.metrics.latency.labels(endpoint).observe(seconds)
-        log.info(
-            "request",
-            extra={
-                "request_id": request_id,
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": status,
-                "duration_ms": round(seconds * 1000, 2),
-                "model": model or None,
-            },
-        )
+        metrics = self.state.metrics
+        metrics.child(metrics.requests, endpoint, model, str(status)).inc()
+        metrics.child(metrics.latency, endpoint).observe(seconds)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                    "model": model or None,
+                },
+            )
