@@ -197,22 +197,21 @@ class DataPlane:
         timeout = self.settings.request_timeout_s
         decoder, spec, name = self.decoder, model.runtime.card.input, model.runtime.name
         try:
-            with model.batcher.incoming(len(images)) as ticket:
-                if self.decoder.threads == 1:
-                    try:
-                        output = await model.batcher.submit_unprepared(
-                            len(images),
-                            functools.partial(decoder.on_batcher, spec, name, images, token),
-                            timeout_s=timeout,
-                            ticket=ticket,
-                        )
-                    except Elsewhere as moved:
+            if decoder.threads == 1:
+                try:  # decoded on the batcher's thread: queued at once, nothing to announce
+                    output = await model.batcher.submit_unprepared(
+                        len(images),
+                        functools.partial(decoder.on_batcher, spec, name, images, token),
+                        timeout_s=timeout,
+                    )
+                except Elsewhere as moved:
+                    with model.batcher.incoming(len(images)) as ticket:
                         batch = await decoder.spread(spec, name, images, moved.opened, token)
-                    else:
-                        self.metrics.child(self.metrics.images, model.runtime.name).inc(len(images))
-                        return _finite(model, output)
-                else:
-                    batch = await self.prepare(model, images, token=token)
+                        return await self._outputs(model, batch, ticket=ticket)
+                self.metrics.child(self.metrics.images, name).inc(len(images))
+                return _finite(model, output)
+            with model.batcher.incoming(len(images)) as ticket:
+                batch = await self.prepare(model, images, token=token)
                 return await self._outputs(model, batch, ticket=ticket)
         finally:
             token.cancel()

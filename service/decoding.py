@@ -17,10 +17,9 @@ Work stops between images once the request gives up (its deadline passed, its cl
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,22 +114,22 @@ class PixelBudget:
     def used(self) -> int:
         return self._used
 
-    @contextlib.contextmanager
-    def hold(self, pixels: int, token: CancelToken, *, wait: bool = True) -> Iterator[None]:
-        """Count ``pixels`` as being decoded until the block ends. With ``wait``, first
-        wait until they fit (an image larger than the whole budget runs alone); without,
-        count them at once (the batcher's thread, whose images are small, never waits)."""
+    def take(self, pixels: int, token: CancelToken, *, wait: bool = True) -> None:
+        """Count ``pixels`` as being decoded (until ``give`` returns them). With ``wait``,
+        first wait until they fit (an image larger than the whole budget runs alone);
+        without, count them at once (the batcher's thread, whose images are small, never
+        waits)."""
         with self._cond:
             while wait and self._used and self._used + pixels > self.capacity:
                 token.check()
                 self._cond.wait(self.POLL_S)
             self._used += pixels
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._used -= pixels
-                self._cond.notify_all()
+
+    def give(self, pixels: int) -> None:
+        """Return ``pixels`` taken; wake decodes waiting for room."""
+        with self._cond:
+            self._used -= pixels
+            self._cond.notify_all()
 
 
 def pixels_of(images: Sequence[Image.Image | None]) -> int:
@@ -184,18 +183,20 @@ def decode_rows(
         token.check()
         opened[position] = None  # this list no longer keeps it alive
         index = start + position
-        with budget.hold(image.width * image.height, token, wait=wait):
-            decoded = image
-            try:
-                started = time.perf_counter()
-                decoded = load_image(image)
-                loaded = time.perf_counter()
-                to_tensor(decoded, spec, out=out[index])
-            except Exception as exc:
-                raise ImageFailure(index, exc) from exc
-            finally:
-                decoded.close()
-                image.close()
+        area = image.width * image.height
+        budget.take(area, token, wait=wait)
+        decoded = image
+        try:  # (not a context manager: this runs once per image on the hot path)
+            started = time.perf_counter()
+            decoded = load_image(image)
+            loaded = time.perf_counter()
+            to_tensor(decoded, spec, out=out[index])
+        except Exception as exc:
+            raise ImageFailure(index, exc) from exc
+        finally:
+            decoded.close()
+            image.close()
+            budget.give(area)
         done = time.perf_counter()
         observe(loaded - started, done - loaded)
         if traced:

@@ -47,11 +47,17 @@ SIMPLE_CONTENT_TYPES = frozenset(
 )
 
 
+_HEADERS = "cnnserve.headers"
+
+
 def _rawheader(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
+    """The first ``name`` header (names lower-case, as ASGI gives them), from a dict of the
+    request's headers built on the first lookup: a request's path looks up several."""
+    headers = scope.get(_HEADERS)
+    if headers is None:  # reversed: the first of a repeated header wins
+        headers = scope[_HEADERS] = dict(reversed(scope["headers"]))
+    value = headers.get(name)
+    return None if value is None else bytes(value)
 
 
 def header(scope: Scope, name: bytes) -> str | None:
