@@ -8,8 +8,8 @@ and each variant against the first, paired round by round (``vs_first``: the med
 per-round ratios, which a slow spell of the machine moves far less than the medians).
 
 A variant is NAME=SOURCE[,KEY=VALUE...]; SOURCE is ``tree`` (the working tree),
-``ref:REF`` (service/ as at a git commit), ``patch:FILE`` (the working tree's service/ with a
-patch applied), ``dir:PATH`` (a folder holding a service/ package), ``plain`` or
+``ref:REF`` (service/ as at a git commit), ``patch:FILE[@REF]`` (the working tree's service/,
+or REF's, with a patch applied), ``dir:PATH`` (a folder holding a service/ package), ``plain`` or
 ``litserve`` (the peers) or ``bare`` (a bare ASGI function: the ceiling, for scale);
 KEY=VALUE are CNNSERVE_* settings.
 
@@ -38,11 +38,13 @@ from benchmarks.wrk import run_wrk
 __all__ = ["interleave", "main", "parse_variant"]
 
 
-def _patched_tree(name: str, patch: Path) -> Path:
+def _patched_tree(name: str, patch: Path, ref: str | None = None) -> Path:
+    """service/ of the working tree (or as at ``ref``) with ``patch`` applied."""
     target = RAW / "variants" / name
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    shutil.copytree(REPO / "service", target / "service")
+    base = REPO if ref is None else source_tree(ref)
+    shutil.copytree(base / "service", target / "service")
     with patch.open("rb") as diff:
         subprocess.run(["patch", "-s", "-p1", "-d", str(target)], stdin=diff, check=True)
     return target
@@ -61,7 +63,9 @@ def parse_variant(text: str) -> ServerSpec:
     elif source.startswith("dir:"):
         env["PYTHONPATH"] = f"{Path(source[4:]).resolve()}:{REPO}"
     elif source.startswith("patch:"):
-        env["PYTHONPATH"] = f"{_patched_tree(name, Path(source[6:]).resolve())}:{REPO}"
+        patch, _, ref = source[6:].partition("@")
+        tree = _patched_tree(name, Path(patch).resolve(), ref or None)
+        env["PYTHONPATH"] = f"{tree}:{REPO}"
     elif source != "tree":
         raise ValueError(f"unknown source {source!r} in {text!r}")
     return ServerSpec("cnnserve", name, env=env)

@@ -56,11 +56,12 @@ $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 7 --seco
   --variant bare-batch=bare,BARE_OFFLOAD=batch --variant bare-features=bare,BARE_FEATURES=1 \
   --variant bare-features-batch=bare,BARE_FEATURES=1,BARE_OFFLOAD=batch --variant after=tree \
   --output $OUT/ab-floor.json
-# Where cnnserve's time goes, by taking parts out (benchmarks/ablations/: not changes to
+# Where cnnserve's time went before the hot path was rewritten (at 414bcf9, the commit the
+# patches were cut against), by taking parts out (benchmarks/ablations/: not changes to
 # keep), beside a second identical server: the noise between two processes (ab-ablation.json).
 $PY -m benchmarks.ab --model lenet5-fashion --concurrency 32 --rounds 15 --seconds 2 \
-  --variant after=tree --variant after-again=tree \
-  --variant no-middleware=patch:benchmarks/ablations/no-middleware.patch \
-  --variant no-multipart=patch:benchmarks/ablations/no-multipart.patch \
-  --variant no-postprocess=patch:benchmarks/ablations/no-postprocess.patch \
-  --variant all-three=patch:benchmarks/ablations/all-three.patch --output $OUT/ab-ablation.json
+  --variant after=ref:414bcf9 --variant after-again=ref:414bcf9 \
+  --variant no-middleware=patch:benchmarks/ablations/no-middleware.patch@414bcf9 \
+  --variant no-multipart=patch:benchmarks/ablations/no-multipart.patch@414bcf9 \
+  --variant no-postprocess=patch:benchmarks/ablations/no-postprocess.patch@414bcf9 \
+  --variant all-three=patch:benchmarks/ablations/all-three.patch@414bcf9 --output $OUT/ab-ablation.json

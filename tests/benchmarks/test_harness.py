@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from benchmarks.ab import paired
+from benchmarks.ab import paired, parse_variant
 from benchmarks.profile import OTHER, _own_functions, charge
 from benchmarks.report import targets, write_report
 from benchmarks.run import MANY, ONE_CORE, TWO_CORES, _cells
@@ -155,3 +155,18 @@ def test_ab_pairs_each_round_with_the_first_variant() -> None:
     assert paired([110.0, 55.0, 110.0], first) == {"vs_first": 1.1, "faster_than_first": 3}
     assert paired([90.0, 60.0, 80.0], first) == {"vs_first": 0.9, "faster_than_first": 1}
     assert paired([100.0], None) == {"vs_first": None, "faster_than_first": None}
+
+
+def test_a_patch_variant_applies_to_the_ref_it_names(tmp_path: Path) -> None:
+    """``patch:FILE@REF``: the patch goes onto service/ as at REF (the ablation patches were
+    cut against a commit the working tree has since moved on from)."""
+    original = "cnnserve's inference service: ONNX Runtime models behind a FastAPI app."
+    patch = tmp_path / "docstring.patch"
+    patch.write_text(
+        "--- a/service/__init__.py\n+++ b/service/__init__.py\n@@ -1 +1 @@\n"
+        f'-"""{original}\n+"""patched\n'
+    )
+    spec = parse_variant(f"patched=patch:{patch}@HEAD,CNNSERVE_MAX_BATCH_SIZE=1")
+    tree = Path(spec.env["PYTHONPATH"].split(":")[0])
+    assert (tree / "service" / "__init__.py").read_text().startswith('"""patched\n')
+    assert spec.env["CNNSERVE_MAX_BATCH_SIZE"] == "1"

@@ -209,6 +209,11 @@ def test_cors_is_off_unless_configured(
     )
     assert with_key.status_code == 200
     assert with_key.headers["access-control-allow-origin"] == APP_ORIGIN
+    # CORS wraps the service middleware: a page on the allowed origin can read why its
+    # request was refused.
+    refused = httpx.get(f"{keyed.url}/v1/models", headers={"Origin": APP_ORIGIN}, timeout=TIMEOUT)
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == APP_ORIGIN
     evil = httpx.get(
         f"{keyed.url}/v1/models",
         headers={"Origin": EVIL_ORIGIN, "X-API-Key": KEYS[0]},

@@ -16,9 +16,10 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from python_multipart.multipart import parse_options_header
 from testkit import MODELS, png
 
-from service.api.uploads import FIELD, Upload, parse_multipart
+from service.api.uploads import FIELD, Upload, _boundary, _disposition, parse_multipart
 from service.app import create_app
 from service.config import Settings
 from service.errors import InvalidParameterError, TooManyImagesError
@@ -89,6 +90,38 @@ def test_a_broken_body_is_a_domain_error_or_parts(
 def test_any_bytes_are_a_domain_error_or_parts(body: bytes) -> None:
     with contextlib.suppress(InvalidParameterError, TooManyImagesError):
         parse_multipart(body, "multipart/form-data; boundary=x", max_images=LIMIT)
+
+
+# Header values as clients write them, and as they may: quoted or not, with the characters
+# that need care inside quotes (; = and space), backslashes, RFC 2231's name*=.
+header_text = st.text(st.sampled_from('ab.png;= \\"x-_'), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    name=header_text,
+    filename=st.one_of(st.none(), header_text),
+    quoted=st.booleans(),
+    space=st.sampled_from(["", " "]),
+    star=st.booleans(),
+)
+def test_the_plain_header_reader_agrees_with_the_general_parser(
+    name: str, filename: str | None, quoted: bool, space: str, star: bool
+) -> None:
+    """``_disposition`` and ``_boundary`` read the common forms without python-multipart's
+    parser and hand the rest to it: both must always give what that parser gives."""
+
+    def value(text: str) -> str:
+        return f'"{text}"' if quoted else text
+
+    disposition = f"form-data;{space}name={value(name)}"
+    if filename is not None:
+        disposition += f";{space}filename{'*' if star else ''}={value(filename)}"
+    raw = disposition.encode()
+    options = parse_options_header(raw)[1]
+    assert _disposition(raw) == (options.get(b"name"), options.get(b"filename"))
+    content_type = f"multipart/form-data;{space}boundary={value(name)}"
+    assert _boundary(content_type) == parse_options_header(content_type)[1].get(b"boundary")
 
 
 def test_the_boundary_may_be_quoted() -> None:
@@ -216,3 +249,36 @@ def test_the_classify_route_is_counted_under_its_template(client: TestClient) ->
     metrics = client.get("/metrics").text
     assert 'endpoint="/v1/models/{name}/classify"' in metrics
     assert "/v1/models/nope/classify" not in metrics
+
+
+def test_an_unexpected_error_is_a_json_500_with_the_request_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the direct classify route as on FastAPI's routes: the error table's 500, the
+    request id in its body and headers, the security headers; never a traceback."""
+    app = create_app(Settings(providers="cpu", model_dir=MODELS))
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        monkeypatch.setattr(app.state.cnnserve.dataplane, "classify", broken)
+        monkeypatch.setattr(app.state.cnnserve.dataplane, "feature_maps", broken)
+        image = png(np.zeros((28, 28), np.uint8))
+        for endpoint in ("classify", "feature-maps?layer=conv1"):
+            answer = test_client.post(
+                f"/v1/models/lenet5-fashion/{endpoint}",
+                files={FIELD: ("a.png", image, "image/png")},
+                headers={"X-Request-ID": f"req-{endpoint[:8]}"},
+            )
+            assert answer.status_code == 500, answer.text
+            error = answer.json()["error"]
+            assert error["code"] == "internal_error"
+            assert error["detail"] == {"request_id": f"req-{endpoint[:8]}"}
+            assert answer.headers["x-request-id"] == f"req-{endpoint[:8]}"
+            assert answer.headers["x-content-type-options"] == "nosniff"
+            assert "a bug" not in answer.text
+        metrics = test_client.get("/metrics").text
+        assert (
+            'endpoint="/v1/models/{name}/classify",model="lenet5-fashion",status="500"' in metrics
+        )
