@@ -56,6 +56,11 @@ $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 7 --seco
   --variant bare-batch=bare,BARE_OFFLOAD=batch --variant bare-features=bare,BARE_FEATURES=1 \
   --variant bare-features-batch=bare,BARE_FEATURES=1,BARE_OFFLOAD=batch --variant after=tree \
   --output $OUT/ab-floor.json
+# Issue 19's target, 75 % of the bare function at c=32 with every feature kept: many rounds,
+# a second identical server for the noise, and the service before the hot-path rewrite.
+$PY -m benchmarks.ab --model lenet5-fashion --concurrency 32 --rounds 15 --seconds 2 \
+  --variant bare=bare --variant after=tree --variant after-again=tree \
+  --variant before-19=ref:414bcf9 --output $OUT/ab-target.json
 # Where cnnserve's time went before the hot path was rewritten (at 414bcf9, the commit the
 # patches were cut against), by taking parts out (benchmarks/ablations/: not changes to
 # keep), beside a second identical server: the noise between two processes (ab-ablation.json).
