@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -337,9 +338,9 @@ class Batcher:
                 pairs += [(item, exc) for item in live]
             else:
                 if outputs is not None:
-                    ends = np.cumsum([len(item) for item in live])
+                    ends = itertools.accumulate(len(item) for item in live)
                     pairs += [
-                        (item, tuple(o[end - len(item) : end] for o in outputs))
+                        (item, tuple([o[end - len(item) : end] for o in outputs]))
                         for item, end in zip(live, ends, strict=True)
                     ]
         by_loop: dict[

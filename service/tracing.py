@@ -65,7 +65,7 @@ def enabled() -> bool:
 def _recording(context: Context | None = None) -> bool:
     """Whether the span current in ``context`` (default: now) is sampled and recorded: an
     unsampled request costs nothing more than its first, unrecorded span."""
-    return enabled() and trace.get_current_span(context).is_recording()
+    return bool(_state["enabled"]) and trace.get_current_span(context).is_recording()
 
 
 def _wanted(environ: Mapping[str, str]) -> list[str]:
@@ -150,12 +150,22 @@ def current_context() -> Context | None:
     return otel_context.get_current() if _recording() else None
 
 
-@contextlib.contextmanager
-def span(name: str, parent: Context | None = None, **attributes: Any) -> Iterator[Span | None]:
-    """A child span of ``parent`` (default: the current span), current within the block."""
+_NO_SPAN: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+
+
+def span(
+    name: str, parent: Context | None = None, **attributes: Any
+) -> contextlib.AbstractContextManager[Span | None]:
+    """A child span of ``parent`` (default: the current span), current within the block;
+    with tracing off or the request unsampled, a shared context manager that does nothing
+    (the request path enters several)."""
     if not _recording(parent):
-        yield None
-        return
+        return _NO_SPAN
+    return _span(name, parent, attributes)
+
+
+@contextlib.contextmanager
+def _span(name: str, parent: Context | None, attributes: dict[str, Any]) -> Iterator[Span]:
     token = otel_context.attach(parent) if parent is not None else None
     try:
         with _tracer().start_as_current_span(name, attributes=_named(attributes)) as child:
