@@ -40,6 +40,10 @@ $PY -m benchmarks.ab --model mobilenetv2-imagenet --concurrency 1 32 --rounds 5 
 # MobileNetV2 at c=32 once more, with more turns: its single turns spread by +-15 % here.
 $PY -m benchmarks.ab --model mobilenetv2-imagenet --concurrency 32 --rounds 7 --seconds 4 \
   --variant before-15=$BEFORE_15 --variant after=tree --output $OUT/ab-guard-mobilenet-repeat.json
+# And with 11 rounds and an identical twin: the guard against the noise between two servers.
+$PY -m benchmarks.ab --model mobilenetv2-imagenet --concurrency 32 --rounds 11 --seconds 4 \
+  --variant before-15=$BEFORE_15 --variant after=tree --variant after-again=tree \
+  --output $OUT/ab-guard-mobilenet-twin.json
 # The direct classify route, the counter request ids and the vectorised OOD decision (8e2f7d6)
 # against the commit before them.
 $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 9 --seconds 2 \
@@ -61,6 +65,10 @@ $PY -m benchmarks.ab --model lenet5-fashion --concurrency 1 32 --rounds 7 --seco
 $PY -m benchmarks.ab --model lenet5-fashion --concurrency 32 --rounds 15 --seconds 2 \
   --variant bare=bare --variant after=tree --variant after-again=tree \
   --variant before-19=ref:414bcf9 --output $OUT/ab-target.json
+# MobileNetV2 before and after the hot-path rewrite (fd4369c its first commit), with an A/A.
+$PY -m benchmarks.ab --model mobilenetv2-imagenet --concurrency 32 --rounds 7 --seconds 4 \
+  --variant before-19=ref:414bcf9 --variant first=ref:fd4369c --variant after=tree \
+  --variant after-again=tree --output $OUT/ab-rewrite-mobilenet.json
 # Where cnnserve's time went before the hot path was rewritten (at 414bcf9, the commit the
 # patches were cut against), by taking parts out (benchmarks/ablations/: not changes to
 # keep), beside a second identical server: the noise between two processes (ab-ablation.json).
