@@ -13,10 +13,11 @@ running then is answered 503 ``shutting_down`` with ``Connection: close``; secur
 one structured access-log line and the request metrics.
 Image bytes and keys are never logged.
 
-A ``direct`` route (the hot path: classify) is served from here, past Starlette's exception
-middleware and router: its endpoint is called as the router would, its errors answered by
-the same handlers (``call_endpoint``); docs/performance.md measures what that saves. A
-traced request takes the router, which names its span.
+It wraps FastAPI's own middleware (``service.app._Service``). A ``direct`` route (the hot
+path: classify, a raw ASGI endpoint) is served from here, past all of FastAPI's and
+Starlette's layers: it is called as the router would, its errors answered by the same
+handlers (``call_endpoint``); docs/performance.md measures what that saves. A traced
+request takes the router, which names its span.
 """
 
 from __future__ import annotations
