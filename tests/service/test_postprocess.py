@@ -1,12 +1,18 @@
-"""softmax and top-k, the last step of every classification, against plain references."""
+"""softmax and top-k, the last step of every classification, against plain references; the
+check that no NaN or infinite score reaches a client."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from service.dataplane import _finite
+from service.errors import ModelOutputError
 from service.postprocess import softmax, top_k
 
 
@@ -49,3 +55,22 @@ def test_softmax_rows_are_probabilities_in_the_order_of_the_logits(logits: np.nd
     assert (probabilities >= 0).all()
     order = np.argsort(logits, axis=-1, kind="stable")
     assert (np.diff(np.take_along_axis(probabilities, order, -1), axis=-1) >= 0).all()
+
+
+@pytest.mark.parametrize("classes", [10, 1000])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_score_that_is_not_finite_is_a_model_output_error(classes: int, bad: float) -> None:
+    """Whichever way the check runs (a Python sum for a few scores, numpy for many), a NaN or
+    an infinity anywhere refuses the request, naming the rows."""
+    model = SimpleNamespace(runtime=SimpleNamespace(name="m"), version="1")
+    scores = np.zeros((3, classes), np.float32)
+    scores[1, classes - 1] = bad
+    with pytest.raises(ModelOutputError) as raised:
+        _finite(model, (scores,))  # type: ignore[arg-type]
+    assert raised.value.detail["rows"] == [1]
+
+
+def test_finite_scores_whose_sum_overflows_pass() -> None:
+    model = SimpleNamespace(runtime=SimpleNamespace(name="m"), version="1")
+    scores = np.full((1, 4), np.finfo(np.float64).max)
+    assert _finite(model, (scores,))[0] is scores  # type: ignore[arg-type]
