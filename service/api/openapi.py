@@ -2,8 +2,9 @@
 
 FastAPI documents its routes; this adds what it cannot know:
 
-- ``POST /v1/models/{name}/classify``, served by a plain Starlette route (no dependency
-  injection on the hot path), documented here with its parameters, body and response;
+- ``POST /v1/models/{name}/classify``, served by a raw ASGI endpoint (no dependency
+  injection or request objects on the hot path), documented here with its parameters, body
+  and response;
 - the errors of every operation, from the one table in ``service.errors``: the statuses the
   route declares (``error_responses``) and those any request can meet before reaching it
   (the middleware's: an unknown Host, a body over the limit, a missing key on a protected

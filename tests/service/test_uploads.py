@@ -208,7 +208,7 @@ def test_the_classify_route_checks_its_parameters(
     client: TestClient, query: str, status: int, answer: int | str
 ) -> None:
     """200 with ``answer`` predictions, or the error naming ``answer`` (the parameter, or the
-    code): classify is a plain Starlette route, and checks what FastAPI checks elsewhere."""
+    code): classify is a raw ASGI endpoint, and checks what FastAPI checks elsewhere."""
     image = png(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28))
     response = client.post(
         f"/v1/models/lenet5-fashion/classify?{query}",
