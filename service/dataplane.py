@@ -104,7 +104,7 @@ class DataPlane:
         self.repository = repository
         self.metrics = metrics
         self.executor = executor
-        self.decoder = Decoder(settings, executor, metrics.stages)
+        self.decoder = Decoder(settings, executor, metrics)
 
     # -- models ------------------------------------------------------------------------
 

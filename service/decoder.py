@@ -18,7 +18,6 @@ from typing import TypeVar
 
 import numpy as np
 from PIL import Image
-from prometheus_client import Histogram
 
 from service import tracing
 from service.config import Settings
@@ -33,6 +32,7 @@ from service.decoding import (
     open_all,
     pixels_of,
 )
+from service.metrics import Metrics
 from service.model_card import InputSpec
 
 __all__ = ["Decoder", "Elsewhere"]
@@ -61,19 +61,12 @@ class Decoder:
     # over the pool's threads; a smaller one is decoded by one job, in one hand-off.
     spread_pixels = 1_048_576
 
-    def __init__(self, settings: Settings, executor: ThreadPoolExecutor, stages: Histogram) -> None:
+    def __init__(self, settings: Settings, executor: ThreadPoolExecutor, metrics: Metrics) -> None:
         self.executor = executor
         self.limits = DecodeLimits(settings.max_image_pixels, settings.max_request_pixels)
         self.budget = PixelBudget(settings.max_decoding_pixels)
         self.threads = max(1, getattr(executor, "_max_workers", 1))
-        self._stages = stages
-        self._stage_children: dict[tuple[str, str], Histogram] = {}
-
-    def _observer(self, stage: str, model: str) -> Histogram:
-        child = self._stage_children.get((stage, model))
-        if child is None:
-            child = self._stage_children[stage, model] = self._stages.labels(stage, model)
-        return child
+        self._metrics = metrics
 
     def _decode(
         self,
@@ -88,8 +81,9 @@ class Decoder:
         wait: bool = True,
     ) -> None:
         """``decode_rows`` with this model's stage metrics; a bad image as its domain error."""
-        decode = self._observer("decode", name)
-        preprocess = self._observer("preprocess", name)
+        metrics = self._metrics
+        decode = metrics.child(metrics.stages, "decode", name)
+        preprocess = metrics.child(metrics.stages, "preprocess", name)
 
         def observe(decoded: float, preprocessed: float) -> None:
             decode.observe(decoded)

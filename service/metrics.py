@@ -249,7 +249,8 @@ class Metrics:
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once per label set (prometheus_client's
         lookup validates and locks on every call). The sets are bounded: route templates,
-        models in the repository, statuses."""
+        models in the repository, statuses, stages. Safe from any thread: two threads
+        looking up a new set at once both get prometheus_client's one child."""
         key = (metric, labels)
         found = self._children.get(key)
         if found is None:
