@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
@@ -12,7 +12,6 @@ from starlette.types import Receive, Scope
 
 from service import tracing
 from service.api.access import header
-from service.decoding import Images
 from service.errors import (
     BodyTooLargeError,
     InvalidParameterError,
@@ -34,8 +33,9 @@ FIELD = "file"
 RAW_TYPES = ("application/octet-stream",)
 
 
-@dataclass(frozen=True)
-class Upload:
+class Upload(NamedTuple):
+    """One image of a request: what the data plane takes as ``(filename, bytes)``."""
+
     filename: str | None
     data: bytes
 
@@ -155,20 +155,18 @@ async def receive_body(receive: Receive) -> bytes:
             chunks.append(chunk)
 
 
-async def receive_images(scope: Scope, receive: Receive, *, max_images: int) -> Images:
-    """The request's images in order as (filename, bytes), or a domain error saying what is
-    wrong with it: multipart ``file`` fields, or one raw ``image/*`` body."""
+async def receive_images(scope: Scope, receive: Receive, *, max_images: int) -> list[Upload]:
+    """The request's images in order, or a domain error saying what is wrong with it:
+    multipart ``file`` fields, or one raw ``image/*`` body."""
     content_type = header(scope, b"content-type") or ""
     media = content_type.split(";")[0].strip().lower()
     if media == "multipart/form-data":
         with tracing.span("read body"):
             body = await receive_body(receive)
-        return [
-            (u.filename, u.data) for u in parse_multipart(body, content_type, max_images=max_images)
-        ]
+        return parse_multipart(body, content_type, max_images=max_images)
     if media.startswith("image/") or media in RAW_TYPES:
         with tracing.span("read body"):
-            return [(header(scope, b"x-filename"), await receive_body(receive))]
+            return [Upload(header(scope, b"x-filename"), await receive_body(receive))]
     raise UnsupportedMediaTypeError(
         f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data with "
         f"field {FIELD!r}, or a raw body with Content-Type image/* or application/octet-stream",
@@ -178,8 +176,7 @@ async def receive_images(scope: Scope, receive: Receive, *, max_images: int) -> 
 
 async def read_uploads(request: Request, *, max_images: int) -> list[Upload]:
     """``receive_images`` of a route that has a Request."""
-    images = await receive_images(request.scope, request.receive, max_images=max_images)
-    return [Upload(filename, data) for filename, data in images]
+    return await receive_images(request.scope, request.receive, max_images=max_images)
 
 
 async def read_body(request: Request, *, limit: int) -> bytes:
