@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import tracing
-from service.errors import DeadlineExceededError, ModelRetiredError, OverloadedError
+from service.errors import ModelRetiredError, OverloadedError
 
 __all__ = ["BatchObserver", "Batcher", "Incoming", "Outputs"]
 
@@ -50,7 +50,7 @@ Outputs = tuple[np.ndarray, ...]
 CALL_BUDGET_S = 0.020
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Item:
     array: np.ndarray | None  # None until ``prepare`` has run (on the worker thread)
     images: int
@@ -163,22 +163,21 @@ class Batcher:
         self,
         array: np.ndarray,
         *,
-        timeout_s: float | None = None,
         ticket: Incoming | None = None,
         full: bool = True,
     ) -> Outputs:
         """Queue ``array`` (n, ...) and wait for the n result rows of each output (of the
-        first alone, at least, when not ``full``)."""
+        first alone, at least, when not ``full``). A caller that is cancelled (its request's
+        deadline, its client gone) takes its images out of the queue."""
         loop = asyncio.get_running_loop()
         item = _Item(array, len(array), loop.create_future(), loop, full=full)
-        return await self._wait(self._enqueue(item, ticket), timeout_s)
+        return await self._wait(self._enqueue(item, ticket))
 
     async def submit_unprepared(
         self,
         images: int,
         prepare: Callable[[], np.ndarray],
         *,
-        timeout_s: float | None = None,
         ticket: Incoming | None = None,
     ) -> Outputs:
         """Queue ``images`` whose array ``prepare()`` makes on the worker thread, just before
@@ -188,7 +187,7 @@ class Batcher:
         and fighting over the core and its caches, and saves a hand-off to the pool."""
         loop = asyncio.get_running_loop()
         item = _Item(None, images, loop.create_future(), loop, prepare=prepare)
-        return await self._wait(self._enqueue(item, ticket), timeout_s)
+        return await self._wait(self._enqueue(item, ticket))
 
     def _enqueue(self, item: _Item, ticket: Incoming | None) -> _Item:
         with self._cond:
@@ -210,32 +209,18 @@ class Batcher:
             item.loop.call_soon(self._wake, item.loop)
         return item
 
-    async def _wait(self, item: _Item, timeout_s: float | None) -> Outputs:
-        timer = None if timeout_s is None else item.loop.call_later(timeout_s, self._expire, item)
+    async def _wait(self, item: _Item) -> Outputs:
         try:
             return await item.future
         except asyncio.CancelledError:
             self._discard(item)
             raise
-        except DeadlineExceededError:
-            self._discard(item)
-            raise DeadlineExceededError(
-                f"the request did not finish within {timeout_s:g} s", timeout_s=timeout_s
-            ) from None
-        finally:
-            if timer is not None:
-                timer.cancel()
 
     def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
         """At the end of the loop's turn: everything this turn queued is there, wake the worker."""
         self._wake_pending.discard(loop)
         with self._cond:
             self._cond.notify()
-
-    @staticmethod
-    def _expire(item: _Item) -> None:
-        if not item.future.done():
-            item.future.set_exception(DeadlineExceededError("deadline"))
 
     def _discard(self, item: _Item) -> None:
         """Drop a queued item whose caller gave up; a running one finishes unseen."""

@@ -161,9 +161,7 @@ class DataPlane:
         ticket: Incoming | None = None,
         full: bool = True,
     ) -> Outputs:
-        outputs = await model.batcher.submit(
-            batch, timeout_s=self.settings.request_timeout_s, ticket=ticket, full=full
-        )
+        outputs = await model.batcher.submit(batch, ticket=ticket, full=full)
         self.metrics.child(self.metrics.images, model.runtime.name).inc(len(batch))
         return _finite(model, outputs)
 
@@ -199,7 +197,6 @@ class DataPlane:
         """The model's outputs for encoded images (its scores, then the layer outputs its
         trust statistics read), one row per image in request order."""
         token = CancelToken()
-        timeout = self.settings.request_timeout_s
         decoder, spec, name = self.decoder, model.runtime.card.input, model.runtime.name
         try:
             if decoder.threads == 1:
@@ -207,7 +204,6 @@ class DataPlane:
                     output = await model.batcher.submit_unprepared(
                         len(images),
                         functools.partial(decoder.on_batcher, spec, name, images, token),
-                        timeout_s=timeout,
                     )
                 except Elsewhere as moved:
                     with model.batcher.incoming(len(images)) as ticket:

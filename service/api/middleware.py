@@ -5,7 +5,8 @@ who may call what (``service.api.access``: the Host header, API keys, admin keys
 model repository); the body size limit (from ``Content-Length`` up front, and counted while
 streaming); the request deadline (``request_timeout_s`` from the request's arrival to the
 response's start: reading the body, decoding, queueing and inference all count, and what is
-still running is cancelled; a repository request's deadline covers reading its body only: a
+still running is cancelled (``service.api.watch``: one timer per event loop keeps every deadline
+and client watch); a repository request's deadline covers reading its body only: a
 model load then finishes whatever the caller does); a client that hangs up while its request
 waits cancels it the same way (its images leave the batch queue: abandoned work must not
 hold capacity others need); from SIGTERM on, no request runs past the drain's end: one still
@@ -23,13 +24,13 @@ request takes the router, which names its span.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
+import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -40,6 +41,7 @@ from service import tracing
 from service.api.access import REPOSITORY_PREFIX, AccessRules, header
 from service.api.handlers import CLIENT_CLOSED, call_endpoint, service_error_response
 from service.api.state import AppState
+from service.api.watch import ClientWatch, Running
 from service.errors import (
     BodyTooLargeError,
     DeadlineExceededError,
@@ -56,9 +58,6 @@ log = logging.getLogger("cnnserve.access")
 UNCOUNTED_PATHS = frozenset(
     {"/health/live", "/health/ready", "/metrics", "/v2/health/live", "/v2/health/ready"}
 )
-# A request that has not answered this long after its body arrived starts listening for its
-# client hanging up: quicker ones never pay for the listener (a task per request).
-WATCH_AFTER_S = 0.05
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _CLOSE = {"Connection": "close"}
 _SECURITY_HEADERS = [
@@ -75,81 +74,6 @@ _SECURITY_HEADERS = [
 _SECURITY_NAMES = frozenset(name for name, _ in _SECURITY_HEADERS)
 
 
-def _disarm(deadline: asyncio.Timeout) -> None:
-    """Stop a deadline that is running; one not entered, expired or over is left alone."""
-    try:  # noqa: SIM105 (contextlib.suppress costs a context manager on every request)
-        deadline.reschedule(None)
-    except RuntimeError:  # asyncio's word for "not running"
-        pass
-
-
-class _ClientWatch:
-    """The request's ``receive``, counting the body against the limit; once the body is in,
-    ``on_body_done`` runs, and (``listen``) once the request has waited ``WATCH_AFTER_S`` a
-    task listens for the client hanging up and, if it does before the response starts,
-    expires the request's deadline: the app is cancelled where it waits (the batcher drops
-    its queued images) and ``gone`` is set."""
-
-    def __init__(
-        self,
-        receive: Receive,
-        limit: int,
-        deadline: asyncio.Timeout,
-        *,
-        listen: bool,
-        on_body_done: Callable[[], None] | None = None,
-    ) -> None:
-        self._receive = receive
-        self._limit = limit
-        self._seen = 0
-        self._deadline = deadline
-        self._on_body_done = on_body_done
-        self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        if listen:  # a model load finishes whatever the caller does: nothing to cancel
-            self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start)
-        self._listen_later = listen
-        self.body_done = False
-        self.responded = False
-        self.gone = False
-
-    async def receive(self) -> Message:
-        message = await self._receive()
-        if message["type"] == "http.request":
-            self._seen += len(message.get("body", b""))
-            if self._seen > self._limit:
-                raise BodyTooLargeError(
-                    f"the body exceeds the limit of {self._limit} bytes", limit=self._limit
-                )
-            if not message.get("more_body", False):
-                self.body_done = True
-                if self._on_body_done is not None:
-                    self._on_body_done()
-                if self._timer is None and self._listen_later:
-                    self._start()  # the wait was over before the body was in
-        return message
-
-    def _start(self) -> None:
-        self._timer = None
-        if self.body_done and self._task is None and not self.responded:
-            self._task = asyncio.ensure_future(self._listen())
-
-    async def _listen(self) -> None:
-        # With the body read, the server's next message is the disconnect (which it also
-        # sends once the response is complete: hence ``responded``).
-        message = await self._receive()
-        if message["type"] == "http.disconnect" and not self.responded:
-            self.gone = True
-            with contextlib.suppress(RuntimeError):  # already expired or over
-                self._deadline.reschedule(asyncio.get_running_loop().time())
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()
-
-
 class ServiceMiddleware:
     def __init__(self, app: ASGIApp, *, state: AppState, direct: Sequence[Route] = ()) -> None:
         self.app = app
@@ -160,7 +84,7 @@ class ServiceMiddleware:
         self._id_prefix = os.urandom(10).hex()
         self._ids = itertools.count(1)
         # Requests between their deadline's start and their response's: what SIGTERM cuts.
-        self._running: dict[asyncio.Timeout, _ClientWatch] = {}
+        self._running = Running()
         self._access = AccessRules(state.settings)
         state.drain_listeners.append(self._cut_to_drain)
 
@@ -177,15 +101,16 @@ class ServiceMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
         settings = self.state.settings
-        deadline = asyncio.timeout_at(self._deadline_at())
+        deadline = asyncio.timeout(None)  # armed by ``Running``'s sweep when due
         control = scope["path"].startswith(REPOSITORY_PREFIX)
-        watch = _ClientWatch(
+        watch = ClientWatch(
             receive,
             settings.max_body_bytes,
             deadline,
+            at=self._deadline_at(),
             listen=not control,
             # Only reading a control request's body has a deadline: the load runs on.
-            on_body_done=(lambda: self._relax(deadline)) if control else None,
+            on_body_done=(lambda: self._relax(watch)) if control else None,
         )
 
         # The request's span is FastAPI's (``service.app._telemetry``); its trace id goes
@@ -199,8 +124,7 @@ class ServiceMiddleware:
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                watch.responded = True
-                _disarm(deadline)  # a response that has started is not cut off
+                watch.respond()  # a response that has started is not cut off
                 status["code"] = message["status"]
                 headers = [*message.get("headers", ()), *extra]
                 # A response may set its own policy (the API docs page does): keep it.
@@ -240,18 +164,16 @@ class ServiceMiddleware:
         drain_end = self.state.drain_ends_at
         return at if drain_end is None else min(at, drain_end)
 
-    def _relax(self, deadline: asyncio.Timeout) -> None:
+    def _relax(self, watch: ClientWatch) -> None:
         """A control request's body is in: no deadline but the drain's end."""
-        with contextlib.suppress(RuntimeError):
-            deadline.reschedule(self.state.drain_ends_at)
+        drain_end = self.state.drain_ends_at
+        watch.move(math.inf if drain_end is None else drain_end)
 
     def _cut_to_drain(self, drain_end: float) -> None:
         """SIGTERM: every request whose response has not started ends by ``drain_end``."""
-        for deadline, watch in list(self._running.items()):
-            when = deadline.when()
-            if not watch.responded and (when is None or when > drain_end):
-                with contextlib.suppress(RuntimeError):
-                    deadline.reschedule(drain_end)
+        for watch in self._running:
+            if not watch.responded and watch.at > drain_end:
+                watch.move(drain_end)
 
     def _drain_over(self) -> bool:
         drain_end = self.state.drain_ends_at
@@ -283,13 +205,13 @@ class ServiceMiddleware:
         return None
 
     async def _within(
-        self, deadline: asyncio.Timeout, scope: Scope, watch: _ClientWatch, send: Send
+        self, deadline: asyncio.Timeout, scope: Scope, watch: ClientWatch, send: Send
     ) -> None:
         """Run the app; past the deadline, cancel it and answer 504 ``deadline_exceeded``
         (503 ``shutting_down`` at the drain's end; nothing when the client has gone)."""
         try:
             async with deadline:
-                self._running[deadline] = watch
+                self._running.add(deadline, watch)
                 try:
                     route = self._direct_route(scope)
                     if route is None:
@@ -303,7 +225,7 @@ class ServiceMiddleware:
                             responded=lambda: watch.responded,
                         )
                 finally:
-                    del self._running[deadline]
+                    self._running.remove(deadline, watch)
         except TimeoutError:
             if not deadline.expired():
                 raise  # the app's own, not ours
