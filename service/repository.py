@@ -92,10 +92,11 @@ class ModelEntry:
     def version_names(self) -> list[str]:
         return sorted({*self.versions, *self.failed_versions}, key=int)
 
-    @property
+    @functools.cached_property
     def default(self) -> str | None:
         """The version a request that names none gets: the card's ``default_version`` when
-        it is one of the model's versions, else the highest."""
+        it is one of the model's versions, else the highest. (Read once the entry is built:
+        an entry is not changed once the repository serves it; a reload builds a new one.)"""
         names = self.version_names
         if self.card is not None:
             return self.card.served_default(names)
@@ -190,8 +191,7 @@ class ModelRepository:
             return [self._entries[name] for name in sorted(self._entries)]
 
     def entry(self, name: str) -> ModelEntry:
-        with self._lock:
-            found = self._entries.get(name)
+        found = self._entries.get(name)  # one dict lookup: atomic, no lock
         if found is None:
             raise ModelNotFoundError(
                 f"no model named {name!r}", model=name, available=sorted(self._entries)

@@ -14,6 +14,7 @@ probability, higher = less confident), also with no threshold.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,20 +85,26 @@ class VersionTrust:
 
     def verdicts(self, score: np.ndarray, fired: np.ndarray) -> list[Verdict]:
         """The response's ``ood`` object of each row of ``summarise``'s arrays."""
-        threshold, method = (1.0 if self.detector.fitted else None), self.method
-        names = [m.name for m in self.detector.methods]
+        threshold, method, names = self._verdict_facts
         verdicts: list[Verdict] = []
         for value, hits in zip(score.tolist(), fired.tolist(), strict=True):
-            which = [n for n, hit in zip(names, hits, strict=False) if hit]
-            verdicts.append(
-                {
-                    "score": value,
-                    "threshold": threshold,
-                    "flagged": bool(which),
-                    "method": "+".join(which) if which else method,
-                }
-            )
+            if any(hits):  # the methods that fired
+                which = "+".join(n for n, hit in zip(names, hits, strict=False) if hit)
+                verdicts.append(
+                    {"score": value, "threshold": threshold, "flagged": True, "method": which}
+                )
+            else:
+                verdicts.append(
+                    {"score": value, "threshold": threshold, "flagged": False, "method": method}
+                )
         return verdicts
+
+    @functools.cached_property
+    def _verdict_facts(self) -> tuple[float | None, str, tuple[str, ...]]:
+        """What every verdict of this version shares: the threshold (1 for fitted scores),
+        the method's name, the detector's methods in ``fired``'s column order."""
+        threshold = 1.0 if self.detector.fitted else None
+        return threshold, self.method, tuple(m.name for m in self.detector.methods)
 
     @property
     def method(self) -> str:
