@@ -41,7 +41,7 @@ from service import tracing
 from service.api.access import REPOSITORY_PREFIX, AccessRules, header
 from service.api.handlers import CLIENT_CLOSED, call_endpoint, service_error_response
 from service.api.state import AppState
-from service.api.watch import ClientWatch, Running
+from service.api.watch import RequestWatch, Running
 from service.errors import (
     BodyTooLargeError,
     DeadlineExceededError,
@@ -101,12 +101,10 @@ class ServiceMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
         settings = self.state.settings
-        deadline = asyncio.timeout(None)  # armed by ``Running``'s sweep when due
         control = scope["path"].startswith(REPOSITORY_PREFIX)
-        watch = ClientWatch(
+        watch = RequestWatch(
             receive,
             settings.max_body_bytes,
-            deadline,
             at=self._deadline_at(),
             listen=not control,
             # Only reading a control request's body has a deadline: the load runs on.
@@ -146,7 +144,7 @@ class ServiceMiddleware:
             if refusal is not None:
                 await refusal(scope, receive, send_wrapper)
             else:
-                await self._within(deadline, scope, watch, send_wrapper)
+                await self._within(scope, watch, send_wrapper)
                 if watch.gone:
                     status["code"] = CLIENT_CLOSED
         finally:
@@ -164,7 +162,7 @@ class ServiceMiddleware:
         drain_end = self.state.drain_ends_at
         return at if drain_end is None else min(at, drain_end)
 
-    def _relax(self, watch: ClientWatch) -> None:
+    def _relax(self, watch: RequestWatch) -> None:
         """A control request's body is in: no deadline but the drain's end."""
         drain_end = self.state.drain_ends_at
         watch.move(math.inf if drain_end is None else drain_end)
@@ -204,14 +202,12 @@ class ServiceMiddleware:
             )
         return None
 
-    async def _within(
-        self, deadline: asyncio.Timeout, scope: Scope, watch: ClientWatch, send: Send
-    ) -> None:
+    async def _within(self, scope: Scope, watch: RequestWatch, send: Send) -> None:
         """Run the app; past the deadline, cancel it and answer 504 ``deadline_exceeded``
         (503 ``shutting_down`` at the drain's end; nothing when the client has gone)."""
         try:
-            async with deadline:
-                self._running.add(deadline, watch)
+            async with watch:
+                self._running.add(watch)
                 try:
                     route = self._direct_route(scope)
                     if route is None:
@@ -225,9 +221,9 @@ class ServiceMiddleware:
                             responded=lambda: watch.responded,
                         )
                 finally:
-                    self._running.remove(deadline, watch)
+                    self._running.remove(watch)
         except TimeoutError:
-            if not deadline.expired():
+            if not watch.expired:
                 raise  # the app's own, not ours
             if watch.gone:
                 return

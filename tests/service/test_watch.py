@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.api.watch import SWEEP_S, WATCH_AFTER_S, ClientWatch, Running
+from service.api.watch import SWEEP_S, WATCH_AFTER_S, RequestWatch, Running
 
 
 class Client:
@@ -31,22 +31,21 @@ class Client:
 
 async def run(
     running: Running, client: Client, *, deadline_s: float, work_s: float, respond: bool = False
-) -> tuple[str, float, ClientWatch]:
+) -> tuple[str, float, RequestWatch]:
     """One request: read the body, then 'work' for ``work_s``; how it ended, and when."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    deadline = asyncio.timeout(None)
-    watch = ClientWatch(client.receive, 100, deadline, at=started + deadline_s, listen=True)
+    watch = RequestWatch(client.receive, 100, at=started + deadline_s, listen=True)
     try:
-        async with deadline:
-            running.add(deadline, watch)
+        async with watch:
+            running.add(watch)
             try:
                 await watch.receive()
                 if respond:
                     watch.respond()
                 await asyncio.sleep(work_s)
             finally:
-                running.remove(deadline, watch)
+                running.remove(watch)
     except TimeoutError:
         return "timed out", loop.time() - started, watch
     finally:
@@ -135,7 +134,7 @@ def test_no_timer_is_left_once_a_loop_is_idle_and_loops_are_kept_apart() -> None
 
 @pytest.mark.parametrize("concurrency", [1, 64])
 def test_every_request_is_swept_at_any_concurrency(concurrency: int) -> None:
-    async def main() -> list[tuple[str, float, ClientWatch]]:
+    async def main() -> list[tuple[str, float, RequestWatch]]:
         running = Running()
         return await asyncio.gather(
             *(run(running, Client(), deadline_s=0.05, work_s=1.0) for _ in range(concurrency))
@@ -143,3 +142,57 @@ def test_every_request_is_swept_at_any_concurrency(concurrency: int) -> None:
 
     for outcome, seconds, _ in asyncio.run(main()):
         assert outcome == "timed out" and 0.05 <= seconds < 0.07
+
+
+def test_the_works_own_timeout_is_not_the_deadline() -> None:
+    async def main() -> RequestWatch:
+        watch = RequestWatch(Client().receive, 100, at=math.inf, listen=False)
+        with pytest.raises(TimeoutError):
+            async with watch:
+                async with asyncio.timeout(0.01):  # the work's own
+                    await asyncio.sleep(1)
+        return watch
+
+    assert asyncio.run(main()).expired is False
+
+
+def test_a_cancel_from_outside_stays_a_cancel() -> None:
+    """Cancelled by someone else too (the server shutting down) as the deadline passes: the
+    CancelledError goes on, as with ``asyncio.timeout``."""
+
+    async def main() -> tuple[str, int, bool]:
+        watches: list[RequestWatch] = []
+
+        async def work() -> str:
+            watches.append(RequestWatch(Client().receive, 100, at=math.inf, listen=False))
+            async with watches[0]:
+                await asyncio.sleep(1)
+            return "finished"
+
+        task = asyncio.ensure_future(work())
+        await asyncio.sleep(0.01)
+        watches[0]._expire()  # the deadline's timer fires: our cancel...
+        task.cancel()  # ...and theirs, before the task runs again
+        try:
+            return await task, task.cancelling(), watches[0].expired
+        except asyncio.CancelledError:
+            return "cancelled", task.cancelling(), watches[0].expired
+
+    assert asyncio.run(main()) == ("cancelled", 1, True)
+
+
+def test_a_deadline_brought_to_now_cuts_at_the_next_wait() -> None:
+    async def main() -> None:
+        watch = RequestWatch(Client().receive, 100, at=math.inf, listen=False)
+        try:
+            async with watch:
+                watch.move(asyncio.get_running_loop().time())  # the cancel is scheduled...
+                await asyncio.sleep(0)  # ...and lands at the first wait after it
+                await asyncio.sleep(0)
+        except TimeoutError:
+            assert watch.expired
+            assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+            return
+        raise AssertionError("not cut")
+
+    asyncio.run(main())
