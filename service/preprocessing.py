@@ -5,7 +5,8 @@ Safety first, and every step's cost bounded by the pixels it produces:
 - the container's structure (chunks, segments, strips, metadata, EXIF) is checked before
   Pillow parses it (``service.imagescan``), and PNG text is capped at the same budget;
 - the canvas size is read from the header and checked against the pixel limit before any
-  pixel is decoded; truncated files are refused (Pillow's LOAD_TRUNCATED_IMAGES stays off);
+  pixel is decoded (the service's limit replaces Pillow's process-wide one); truncated
+  files are refused (Pillow's LOAD_TRUNCATED_IMAGES stays off);
 - animated images give their first frame; EXIF orientation is applied by a transposition,
   without re-serialising the EXIF block;
 - the image is resized in its own colour mode where that is cheaper than converting it
@@ -16,11 +17,9 @@ Safety first, and every step's cost bounded by the pixels it produces:
 
 from __future__ import annotations
 
-import contextlib
 import io
 import struct
-import warnings
-from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, PngImagePlugin, UnidentifiedImageError
@@ -62,22 +61,39 @@ _UPRIGHT = {
 # Decompressed PNG text (tEXt, zTXt, iTXt) per image: the same budget as other metadata
 # (Pillow's default is 64 MiB, which 64 small PNGs turned into 4 GB).
 PngImagePlugin.MAX_TEXT_MEMORY = MAX_METADATA_BYTES
+# The pixel limit is the service's (``max_image_pixels``, checked by ``open_image`` as the
+# header is read, where Pillow checks its own): Pillow's process-wide one would cap the
+# setting at 89 M pixels, and its warning between 89 M and 179 M can only be made an error
+# through the warnings filters, which are process-wide and not safe to change per image
+# from the decode threads.
+Image.MAX_IMAGE_PIXELS = None
 
 
-@contextlib.contextmanager
-def _decoding() -> Iterator[None]:
-    """Pillow's many ways of failing on bad bytes, as the service's two image errors."""
-    try:
-        yield
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"the image declares too many pixels: {exc}") from None
-    except UnidentifiedImageError:
-        raise InvalidImageError(
-            "the data is not an image in an accepted format "
-            f"({', '.join(sorted(ACCEPTED_FORMATS))})"
-        ) from None
-    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, struct.error) as exc:
-        raise InvalidImageError(f"the image could not be decoded: {exc}") from None
+class _Decoding:
+    """Pillow's many ways of failing on bad bytes, as the service's two image errors (a
+    class, not a generator: it wraps every image twice on the hot path)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: Any
+    ) -> None:
+        if error is None or not isinstance(error, Exception):
+            return
+        if isinstance(error, Image.DecompressionBombError):
+            raise ImageTooLargeError(f"the image declares too many pixels: {error}") from None
+        if isinstance(error, UnidentifiedImageError):
+            raise InvalidImageError(
+                "the data is not an image in an accepted format "
+                f"({', '.join(sorted(ACCEPTED_FORMATS))})"
+            ) from None
+        if isinstance(error, _UNDECODABLE):
+            raise InvalidImageError(f"the image could not be decoded: {error}") from None
+
+
+_UNDECODABLE = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, struct.error)
+_decoding = _Decoding()
 
 
 def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -87,10 +103,8 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     if not data:
         raise InvalidImageError("the image is empty (0 bytes)")
     check_structure(data)
-    with _decoding():
-        with warnings.catch_warnings():  # Pillow only checks for bombs when it opens
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=_FORMATS)
+    with _decoding:
+        image = Image.open(io.BytesIO(data), formats=_FORMATS)
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(
@@ -108,7 +122,7 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
 def load_image(image: Image.Image) -> Image.Image:
     """Decode an image from ``open_image``: its first frame, shown upright (EXIF orientation
     applied as a transposition; the EXIF block is read, never re-encoded)."""
-    with _decoding():
+    with _decoding:
         image.seek(0)  # the first frame of an animation
         image.load()
         upright = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))
