@@ -69,6 +69,9 @@ $PY -m benchmarks.ab --model lenet5-fashion --concurrency 32 --rounds 15 --secon
 $PY -m benchmarks.ab --model lenet5-fashion --concurrency 32 --rounds 15 --seconds 2 \
   --variant bare=bare --variant after=tree --variant after-again=tree \
   --variant before-19=ref:414bcf9 --output $OUT/ab-target-repeat.json
+$PY -m benchmarks.ab --model lenet5-fashion --concurrency 32 --rounds 15 --seconds 2 \
+  --variant bare=bare --variant after=tree --variant after-again=tree \
+  --variant before-sweep=ref:160aae2 --output $OUT/ab-target-sweep.json
 # MobileNetV2 before and after the hot-path rewrite (fd4369c its first commit), with an A/A.
 $PY -m benchmarks.ab --model mobilenetv2-imagenet --concurrency 32 --rounds 7 --seconds 4 \
   --variant before-19=ref:414bcf9 --variant first=ref:fd4369c --variant after=tree \
