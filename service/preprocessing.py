@@ -70,8 +70,8 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 class _Decoding:
-    """Pillow's many ways of failing on bad bytes, as the service's two image errors (a
-    class, not a generator: it wraps every image twice on the hot path)."""
+    """Pillow's many ways of failing on bad bytes, as an invalid image (a class, not a
+    generator: it wraps every image twice on the hot path)."""
 
     def __enter__(self) -> None:
         return None
@@ -81,8 +81,6 @@ class _Decoding:
     ) -> None:
         if error is None or not isinstance(error, Exception):
             return
-        if isinstance(error, Image.DecompressionBombError):
-            raise ImageTooLargeError(f"the image declares too many pixels: {error}") from None
         if isinstance(error, UnidentifiedImageError):
             raise InvalidImageError(
                 "the data is not an image in an accepted format "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,13 @@ from PIL import Image
 
 from service.errors import ImageTooLargeError, InvalidImageError
 from service.model_card import InputSpec
-from service.preprocessing import DECODE_BYTES_PER_PIXEL, decode_image, preprocess, to_tensor
+from service.preprocessing import (
+    DECODE_BYTES_PER_PIXEL,
+    decode_image,
+    open_image,
+    preprocess,
+    to_tensor,
+)
 
 GREY = InputSpec(color_mode="L", size=(28, 28), mean=(0.5,), std=(0.25,))
 IMAGENET = InputSpec(
@@ -134,8 +142,24 @@ def test_pixel_limit_is_checked_from_the_header_before_decoding() -> None:
         decode_image(bomb, max_pixels=40_000_000)
     assert caught.value.detail == {"width": 7000, "height": 7000, "limit": 40_000_000}
     huge = encode(Image.new("1", (30000, 30000)), "PNG")  # past Pillow's own bomb guard too
-    with pytest.raises(ImageTooLargeError):
+    with pytest.raises(ImageTooLargeError) as caught:
         decode_image(huge, max_pixels=40_000_000)
+    assert caught.value.detail == {"width": 30000, "height": 30000, "limit": 40_000_000}
+
+
+def test_the_pixel_limit_is_the_services_not_pillows() -> None:
+    """``max_image_pixels`` above Pillow's process-wide default (89 M) means what it says,
+    and no warning is raised on the way (the test runs with warnings as errors): the
+    header of a 10,000 x 10,000 PNG opens within a 200 M limit, and is refused at 50 M."""
+    png = encode(Image.new("1", (8, 8)), "PNG")  # signature, then IHDR: its width, height
+    ihdr = b"IHDR" + (10_000).to_bytes(4, "big") * 2 + png[24:29]
+    declared = png[:12] + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + png[33:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert open_image(declared, max_pixels=200_000_000).size == (10_000, 10_000)
+        with pytest.raises(ImageTooLargeError) as caught:
+            open_image(declared, max_pixels=50_000_000)
+    assert caught.value.detail == {"width": 10_000, "height": 10_000, "limit": 50_000_000}
 
 
 def test_svg_and_other_formats_are_not_accepted() -> None:
