@@ -173,6 +173,7 @@ class ClassifyEndpoint:
     raised, as from any route, for the app's handlers to answer."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = CLASSIFY_ROUTE  # the endpoint label of the request metrics, errors too
         query = _query(scope)
         version = query.get("version")
         if version is not None and not _VERSION.match(version):
@@ -187,7 +188,6 @@ class ClassifyEndpoint:
             raise _parameter_error(
                 "calibrated", "Input should be a valid boolean, unable to interpret input"
             )
-        scope["route"] = CLASSIFY_ROUTE  # the endpoint label of the request metrics
         state: AppState = scope["app"].state.cnnserve
         name = scope["path_params"]["name"]
         model = state.dataplane.model(name, version)  # unknown or unavailable: before the body

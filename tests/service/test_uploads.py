@@ -249,6 +249,19 @@ def test_the_classify_route_is_counted_under_its_template(client: TestClient) ->
     metrics = client.get("/metrics").text
     assert 'endpoint="/v1/models/{name}/classify"' in metrics
     assert "/v1/models/nope/classify" not in metrics
+    # A bad query is refused before anything else: still the route's, not "unmatched".
+    refused = client.post(
+        "/v1/models/lenet5-fashion/classify?top_k=x",
+        content=b"x",
+        headers={"Content-Type": "image/png"},
+    )
+    assert refused.status_code == 400
+    metrics = client.get("/metrics").text
+    assert (
+        'cnnserve_requests_total{endpoint="/v1/models/{name}/classify",'
+        'model="lenet5-fashion",status="400"}'
+    ) in metrics
+    assert 'endpoint="unmatched"' not in metrics
 
 
 def test_an_unexpected_error_is_a_json_500_with_the_request_id(
