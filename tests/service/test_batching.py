@@ -132,8 +132,9 @@ def test_a_full_queue_is_refused_at_once_and_recovers() -> None:
 
 
 def test_a_deadline_discards_queued_work() -> None:
-    """The request's deadline (the middleware's ``asyncio.timeout``) cancels the caller
-    where it waits: its images leave the queue and never run."""
+    """A request's deadline (the middleware's ``RequestWatch``, which cancels as
+    ``asyncio.timeout`` does) cancels the caller where it waits: its images leave the
+    queue and never run."""
     run = Recorder()
     batcher = make(run)
 
