@@ -14,7 +14,6 @@ before its images queue, it runs on the version serving now instead of failing.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,7 +32,6 @@ from service.decoding import (
     Images,
 )
 from service.errors import (
-    DeadlineExceededError,
     InvalidParameterError,
     ModelOutputError,
     ModelRetiredError,
@@ -305,17 +303,8 @@ class DataPlane:
         token = CancelToken()
         tracing.annotate(model=model.runtime.name, version=model.version, images=1)
         batch = await self.prepare(model, [(None, image)], token=token)
-        timeout = self.settings.request_timeout_s
-        try:
-            with tracing.span("feature maps", layers=len(layers)):
-                arrays = await asyncio.wait_for(
-                    self.run_in_pool(
-                        functools.partial(model.runtime.feature_maps, batch[0], layers)
-                    ),
-                    timeout,
-                )
-        except TimeoutError:
-            raise DeadlineExceededError(
-                f"the request did not finish within {timeout:g} s", timeout_s=timeout
-            ) from None
+        with tracing.span("feature maps", layers=len(layers)):  # the request's deadline cuts it
+            arrays = await self.run_in_pool(
+                functools.partial(model.runtime.feature_maps, batch[0], layers)
+            )
         return [FeatureMap(layer, array) for layer, array in zip(layers, arrays, strict=True)]

@@ -79,7 +79,7 @@ class _Decoding:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, _: Any
     ) -> None:
-        if error is None or not isinstance(error, Exception):
+        if not isinstance(error, Exception):  # none, or a cancellation: through as it is
             return
         if isinstance(error, UnidentifiedImageError):
             raise InvalidImageError(

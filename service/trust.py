@@ -88,15 +88,15 @@ class VersionTrust:
         threshold, method, names = self._verdict_facts
         verdicts: list[Verdict] = []
         for value, hits in zip(score.tolist(), fired.tolist(), strict=True):
-            if any(hits):  # the methods that fired
-                which = "+".join(n for n, hit in zip(names, hits, strict=False) if hit)
-                verdicts.append(
-                    {"score": value, "threshold": threshold, "flagged": True, "method": which}
-                )
-            else:
-                verdicts.append(
-                    {"score": value, "threshold": threshold, "flagged": False, "method": method}
-                )
+            which = "+".join(n for n, hit in zip(names, hits, strict=False) if hit)  # fired
+            verdicts.append(
+                {
+                    "score": value,
+                    "threshold": threshold,
+                    "flagged": bool(which),
+                    "method": which or method,
+                }
+            )
         return verdicts
 
     @functools.cached_property
