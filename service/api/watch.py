@@ -7,7 +7,7 @@ them every ``SWEEP_S`` while any runs: it arms the deadlines that fall before it
 sweep (at their exact time) and starts the listeners of the requests that have waited
 ``WATCH_AFTER_S``. A request costs two set operations and at most one timer of its own;
 the sweep, one check per request in flight (one per open connection at most) every
-``SWEEP_S``: a few microseconds at concurrency 32, and no timer at all on an idle loop.
+``SWEEP_S``, and no timer at all on an idle loop.
 ``RequestWatch`` cancels its work past the deadline as ``asyncio.timeout`` does (the same
 cancel, ``uncancel`` and TimeoutError).
 """
